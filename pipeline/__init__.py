@@ -1,0 +1,1 @@
+"""The chunk-wise causal rollout, its KV cache storage and cache policies."""

@@ -1,0 +1,148 @@
+"""Per-layer KV-cache storage, preallocated once, and the cache object the model talks to.
+
+Keys are stored with the spatial (height/width) RoPE applied and *without* the time rotation; every token carries its
+time index ``t_pos`` (what RoPE uses, which a policy may rewrite) and its source ``frame`` (never changes). The time
+rotation is applied when the cache is read, relative to ``base`` (the current chunk's first frame), so positions never
+grow without bound and moving a position is a write to ``t_pos``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """The chunk being generated: absolute first frame ``f``, ``num_frames`` (B) and tokens per frame (F)."""
+
+    start_frame: int
+    num_frames: int
+    tokens_per_frame: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the chunk (B * F)."""
+        return self.num_frames * self.tokens_per_frame
+
+
+class LayerKVCache:
+    """Storage of one layer: k, v [B, cap, H, D]; t_pos, frame [B, cap] (int64); ``n`` committed tokens (host int).
+
+    The chunk being denoised is *staged* after the committed tokens (``staged`` tokens); every call of the chunk
+    overwrites the staged slots and ``commit()`` (after the clean pass) makes them part of the context.
+    """
+
+    def __init__(self, batch: int, capacity: int, heads: int, head_dim: int, dtype, device):
+        self.capacity = capacity
+        self.k = torch.zeros(batch, capacity, heads, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.t_pos = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+        self.frame = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+        self.n = 0
+        self.staged = 0
+
+    def reset(self) -> None:
+        """Forget all entries (storage is kept)."""
+        self.n = 0
+        self.staged = 0
+
+    def stage(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """Write the chunk's k/v [B, m, H, D] and positions [m] after the committed tokens."""
+        m = k.shape[1]
+        end = self.n + m
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} tokens > capacity {self.capacity}; the cache policy "
+                               f"did not make room for the chunk")
+        self.k[:, self.n:end] = k
+        self.v[:, self.n:end] = v
+        self.t_pos[:, self.n:end] = pos
+        self.frame[:, self.n:end] = pos
+        self.staged = m
+
+    def commit(self) -> None:
+        """Make the staged chunk part of the committed context."""
+        self.n += self.staged
+        self.staged = 0
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, v, t_pos) of committed + staged tokens: [B, n+staged, H, D] x2, [B, n+staged]."""
+        end = self.n + self.staged
+        return self.k[:, :end], self.v[:, :end], self.t_pos[:, :end]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep committed tokens ``idx`` ([m] shared or [B, m] per sample), in that order, compacted to the front."""
+        if self.staged:
+            raise RuntimeError("keep() must run before the chunk is staged")
+        m = idx.shape[-1]
+        if idx.dim() == 1:
+            idx = idx.unsqueeze(0).expand(self.k.shape[0], -1)
+        idx = idx.to(self.k.device)
+        gk = idx[:, :, None, None].expand(-1, -1, *self.k.shape[2:])
+        self.k[:, :m] = torch.gather(self.k[:, :self.n], 1, gk)
+        self.v[:, :m] = torch.gather(self.v[:, :self.n], 1, gk)
+        self.t_pos[:, :m] = torch.gather(self.t_pos[:, :self.n], 1, idx)
+        self.frame[:, :m] = torch.gather(self.frame[:, :self.n], 1, idx)
+        self.n = m
+
+
+class KVCache:
+    """All layers' caches plus the policy that manages them; the object the model's self-attention calls.
+
+    ``rotate_time(x [B, n, H, D], rel_pos [n] or [B, n])`` is the model's time rotation, applied on read.
+    """
+
+    def __init__(self, num_layers: int, batch: int, capacity: int, heads: int, head_dim: int, dtype, device,
+                 policy, tokens_per_frame: int, rotate_time: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 rebase: bool = True):
+        self.layers = [LayerKVCache(batch, capacity, heads, head_dim, dtype, device) for _ in range(num_layers)]
+        self.policy = policy
+        self.tokens_per_frame = tokens_per_frame
+        self.rotate_time = rotate_time
+        self.rebase = rebase
+        self.chunk: ChunkInfo | None = None
+        self.base = 0
+        self._first_call = [False] * num_layers
+
+    def reset(self) -> None:
+        """Start a new video: empty every layer and reset the policy's per-video state."""
+        for layer in self.layers:
+            layer.reset()
+        self.policy.reset(len(self.layers))
+        self.chunk = None
+        self.base = 0
+
+    def begin_chunk(self, start_frame: int, num_frames: int) -> None:
+        """Announce a new chunk; the next call of each layer is its first call (where cache events happen)."""
+        self.chunk = ChunkInfo(start_frame, num_frames, self.tokens_per_frame)
+        self.base = start_frame if self.rebase else 0
+        self._first_call = [True] * len(self.layers)
+
+    def rotated_keys(self, layer: int, end: int | None = None) -> torch.Tensor:
+        """Keys of ``layer`` (first ``end`` tokens, default all) with the time rotation applied -> [B, n, H, D]."""
+        cache = self.layers[layer]
+        k, _, pos = cache.view()
+        end = k.shape[1] if end is None else end
+        return self.rotate_time(k[:, :end], pos[:, :end] - self.base)
+
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model entry point: observe q, run cache events on a chunk's first call, stage k/v, return context.
+
+        q/k/v [B, m, H, D] (q and k spatially rotated), pos [m] absolute time index of the chunk's tokens.
+        Returns (time-rotated keys, values) [B, n+m, H, D].
+        """
+        cache = self.layers[layer]
+        self.policy.observe_queries(self, layer, q, pos)
+        if self._first_call[layer]:
+            self._first_call[layer] = False
+            self.policy.on_new_chunk(self, layer)
+        cache.stage(k, v, pos)
+        keys = self.rotated_keys(layer)
+        return keys, cache.view()[1]
+
+    def commit(self) -> None:
+        """After the clean pass: the staged chunk becomes context in every layer."""
+        for layer in self.layers:
+            layer.commit()

@@ -1,0 +1,1 @@
+"""Shared helpers: scheduler facts, seeding, prompt files, video writing."""

@@ -1,0 +1,267 @@
+"""The causal Wan2.1 DiT (Self Forcing generator) with the original Wan parameter names.
+
+The model never decides what is cached: self-attention hands its keys and values to a cache object
+(``pipeline.kv_cache.KVCache``) and attends over what the cache returns.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+
+from .attention import attention
+from .config import WanConfig
+from .rope import WanRope
+
+
+class SelfAttentionCache(Protocol):
+    """What the model needs from a KV cache during one call."""
+
+    base: int  # time index that maps to RoPE position 0 in this call (re-basing)
+
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's k/v and return (time-rotated keys, values) to attend over."""
+        ...
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: cat(cos, sin) of ``t * 10000^(-i/half)`` in float64. t [N] -> [N, dim]."""
+    half = dim // 2
+    pos = t.to(torch.float64)
+    inv = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(pos, inv)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class RMSNorm(nn.Module):
+    """Wan RMSNorm over the last dim, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise then scale."""
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back (Wan's ``WanLayerNorm``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise in float32."""
+        return super().forward(x.float()).type_as(x)
+
+
+@dataclass
+class CallGeometry:
+    """Per-call layout shared by all blocks."""
+
+    num_frames: int              # latent frames in this call
+    tokens_per_frame: int        # F
+    positions: torch.Tensor      # [num_frames * F] absolute time index of every query token
+    spatial_angles: torch.Tensor  # [F, hw_pairs] float64
+
+
+class CausalSelfAttention(nn.Module):
+    """Self-attention over (cached context + this chunk), with QK RMSNorm and 3D RoPE."""
+
+    def __init__(self, cfg: WanConfig, rope: WanRope):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor, geo: CallGeometry, layer: int,
+                cache: SelfAttentionCache | None) -> torch.Tensor:
+        """x [B, L, dim] -> [B, L, dim]."""
+        heads = (self.num_heads, self.head_dim)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
+        k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        v = self.v(x).unflatten(-1, heads)
+        q = self.rope.rotate_spatial(q, geo.spatial_angles, geo.num_frames)
+        k = self.rope.rotate_spatial(k, geo.spatial_angles, geo.num_frames)
+        base = cache.base if cache is not None else 0
+        if cache is None:
+            keys, values = self.rope.rotate_time(k, geo.positions - base), v
+        else:
+            keys, values = cache.update(layer, q, k, v, geo.positions)
+        q = self.rope.rotate_time(q, geo.positions - base)
+        out = attention(q, keys, values)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention; its keys/values depend only on the prompt (see ``project_text``)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def project_text(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context [B, text_len, dim] -> k, v [B, text_len, H, D] (computed once per prompt)."""
+        heads = (self.num_heads, self.head_dim)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, text_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B, L, dim] -> [B, L, dim]."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))
+        return self.o(attention(q, *text_kv).flatten(2))
+
+
+class CausalWanBlock(nn.Module):
+    """One Wan transformer block with per-frame adaptive LayerNorm modulation."""
+
+    def __init__(self, cfg: WanConfig, rope: WanRope):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = CausalSelfAttention(cfg, rope)
+        self.norm3 = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / math.sqrt(cfg.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, geo: CallGeometry, layer: int,
+                text_kv: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache | None) -> torch.Tensor:
+        """x [B, T*F, dim], e [B, T, 6, dim] -> [B, T*F, dim]."""
+        frames = (geo.num_frames, geo.tokens_per_frame)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)  # [B,T,1,dim]
+
+        def modulate(h, shift, scale):
+            return (h.unflatten(1, frames) * (1 + scale) + shift).flatten(1, 2)
+
+        def gated(h, gate):
+            return (h.unflatten(1, frames) * gate).flatten(1, 2)
+
+        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), geo, layer, cache), gate1)
+        x = x + self.cross_attn(self.norm3(x), text_kv)
+        x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
+        return x
+
+
+class Head(nn.Module):
+    """Output head: per-frame modulated LayerNorm then a linear map to patch pixels."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / math.sqrt(cfg.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+        """x [B, T*F, dim], e [B, T, dim] -> [B, T*F, out_dim * prod(patch)]."""
+        shift, scale = (self.modulation.unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)  # [B, T, 1, dim]
+        h = self.norm(x).unflatten(1, (e.shape[1], tokens_per_frame))
+        return self.head((h * (1 + scale) + shift).flatten(1, 2))
+
+
+class CausalWanModel(nn.Module):
+    """Wan2.1 text-to-video DiT run chunk by chunk; parameter names match the released checkpoints."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.config = cfg
+        self.rope = WanRope(cfg.head_dim, cfg.rope_theta)
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([CausalWanBlock(cfg, self.rope) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self._spatial_angles: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype."""
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Parameter device."""
+        return self.patch_embedding.weight.device
+
+    def encode_text(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Prompt embeddings [B, text_len, text_dim] -> per-layer cross-attention (k, v), computed once per prompt."""
+        if context.shape[1] != self.config.text_len:
+            raise ValueError(f"prompt embeddings have {context.shape[1]} tokens; the model expects "
+                             f"text_len={self.config.text_len} (pad with zeros)")
+        ctx = self.text_embedding(context.to(self.dtype))
+        return [blk.cross_attn.project_text(ctx) for blk in self.blocks]
+
+    def _geometry(self, num_frames: int, grid_h: int, grid_w: int, start_frame: int) -> CallGeometry:
+        key = (grid_h, grid_w, str(self.device))
+        if key not in self._spatial_angles:
+            self._spatial_angles[key] = self.rope.spatial_angles(grid_h, grid_w, self.device)
+        F = grid_h * grid_w
+        pos = torch.arange(start_frame, start_frame + num_frames, device=self.device).repeat_interleave(F)
+        return CallGeometry(num_frames, F, pos, self._spatial_angles[key])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_kv: list[tuple[torch.Tensor, torch.Tensor]],
+                cache: SelfAttentionCache | None = None, start_frame: int = 0) -> torch.Tensor:
+        """Flow prediction for one chunk.
+
+        x [B, T, C, H, W] (latent frames of the chunk), t [B, T] per-frame float timesteps,
+        text_kv from ``encode_text``; ``start_frame`` is the absolute index of the chunk's first frame.
+        Returns flow [B, T, C, H, W].
+        """
+        B, T, _, H, W = x.shape
+        pt, ph, pw = self.config.patch_size
+        if pt != 1:
+            raise NotImplementedError("the causal model needs temporal patch size 1")
+        h = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.dtype))  # [B, dim, T, H/ph, W/pw]
+        gh, gw = h.shape[-2:]
+        h = h.flatten(2).transpose(1, 2)  # [B, T*F, dim]
+        geo = self._geometry(T, gh, gw, start_frame)
+
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.flatten()).to(h.dtype))  # [B*T, dim]
+        e6 = self.time_projection(e).unflatten(1, (6, self.config.dim)).unflatten(0, (B, T))  # [B, T, 6, dim]
+        for i, block in enumerate(self.blocks):
+            h = block(h, e6, geo, i, text_kv[i], cache)
+        out = self.head(h, e.unflatten(0, (B, T)), geo.tokens_per_frame)  # [B, T*F, C*pt*ph*pw]
+        return self._unpatchify(out, T, gh, gw)
+
+    def _unpatchify(self, x: torch.Tensor, T: int, gh: int, gw: int) -> torch.Tensor:
+        """[B, T*gh*gw, C*ph*pw] -> [B, T, C, gh*ph, gw*pw]."""
+        _, ph, pw = self.config.patch_size
+        C = self.config.out_dim
+        x = x.view(x.shape[0], T, gh, gw, 1, ph, pw, C)
+        x = torch.einsum("bthwpqrc->btcphqwr", x)
+        return x.reshape(x.shape[0], T, C, gh * ph, gw * pw)
+
+    def load_state_dict_strict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load with every key and shape checked; errors name the first missing/unexpected/mismatched keys."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if missing or unexpected:
+            raise KeyError(f"{source}: {len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected "
+                           f"key(s) {unexpected[:5]} for CausalWanModel(dim={self.config.dim}, "
+                           f"layers={self.config.num_layers}); the checkpoint does not match the model config")
+        bad = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
+               if tuple(state_dict[k].shape) != tuple(v.shape)]
+        if bad:
+            shown = ", ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in bad[:3])
+            raise ValueError(f"{source}: {len(bad)} tensor(s) have the wrong shape ({shown}); the checkpoint was made "
+                             f"for a different model size than config dim={self.config.dim}, "
+                             f"layers={self.config.num_layers}")
+        self.load_state_dict(state_dict, strict=True, assign=any(p.is_meta for p in self.parameters()))

@@ -1,0 +1,71 @@
+"""Wan 3D rotary position embedding, split into a spatial part (applied once) and a time part (applied on read).
+
+Each head dim ``d`` is split in real dims into ``[d - 4*(d//6), 2*(d//6), 2*(d//6)]`` for (time, height, width);
+consecutive real dims form a complex pair. Because the three groups touch disjoint channels, rotating the spatial
+pairs when a key is written and the time pairs when it is read gives exactly full 3D RoPE, and lets time positions
+be plain data that a cache policy may rewrite.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """Inverse frequencies of one RoPE axis of ``dim`` real channels, float64 [dim/2]."""
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
+def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:
+    """Rotate complex pairs ``[first_pair, first_pair + P)`` of ``x`` [B, n, H, D] by ``angles`` [n, P] or [B, n, P].
+
+    Computed in float64 for float32/float64 inputs (as upstream) and in float32 for half types; returns a new tensor
+    of ``x``'s dtype with the other channels copied unchanged.
+    """
+    P = angles.shape[-1]
+    compute = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
+    if angles.dim() == 2:
+        angles = angles.unsqueeze(0)
+    cos = torch.cos(angles).to(compute).unsqueeze(2)  # [B|1, n, 1, P]
+    sin = torch.sin(angles).to(compute).unsqueeze(2)
+    out = x.clone()
+    pairs = out.unflatten(-1, (-1, 2))  # view [B, n, H, D/2, 2]
+    seg = x.unflatten(-1, (-1, 2))[..., first_pair:first_pair + P, :].to(compute)
+    a, b = seg[..., 0], seg[..., 1]
+    pairs[..., first_pair:first_pair + P, 0] = (a * cos - b * sin).to(x.dtype)
+    pairs[..., first_pair:first_pair + P, 1] = (a * sin + b * cos).to(x.dtype)
+    return out
+
+
+class WanRope:
+    """Angle tables for Wan's 3D RoPE of one head dim; positions are integer tensors, never a fixed-size table."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        hw = 2 * (head_dim // 6)
+        self.time_dim = head_dim - 2 * hw
+        self.time_pairs = self.time_dim // 2
+        self.inv_freq_t = _inv_freq(self.time_dim, theta)
+        self.inv_freq_h = _inv_freq(hw, theta)
+        self.inv_freq_w = _inv_freq(hw, theta)
+
+    def time_angles(self, pos: torch.Tensor) -> torch.Tensor:
+        """Angles of the time pairs for integer positions ``pos`` [..., n] -> float64 [..., n, time_pairs]."""
+        inv = self.inv_freq_t.to(pos.device)
+        return pos.to(torch.float64).unsqueeze(-1) * inv
+
+    def spatial_angles(self, height: int, width: int, device=None) -> torch.Tensor:
+        """Angles of the height and width pairs for one frame's tokens (row-major) -> float64 [h*w, hw_pairs]."""
+        rows = torch.arange(height, dtype=torch.float64, device=device)
+        cols = torch.arange(width, dtype=torch.float64, device=device)
+        ah = torch.outer(rows, self.inv_freq_h.to(device))  # [h, Ph]
+        aw = torch.outer(cols, self.inv_freq_w.to(device))  # [w, Pw]
+        ah = ah[:, None, :].expand(height, width, -1)
+        aw = aw[None, :, :].expand(height, width, -1)
+        return torch.cat([ah, aw], dim=-1).reshape(height * width, -1)
+
+    def rotate_spatial(self, x: torch.Tensor, spatial_angles: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Apply the height/width rotation to ``x`` [B, num_frames*h*w, H, D]."""
+        return rotate_pairs(x, spatial_angles.repeat(num_frames, 1), self.time_pairs)
+
+    def rotate_time(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Apply the time rotation to ``x`` [B, n, H, D] at integer positions ``pos`` [n] or [B, n]."""
+        return rotate_pairs(x, self.time_angles(pos), 0)
