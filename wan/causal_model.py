@@ -55,8 +55,10 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back (Wan's ``WanLayerNorm``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise in float32."""
-        return super().forward(x.float()).type_as(x)
+        """Normalise in float32 (affine parameters too)."""
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 @dataclass
