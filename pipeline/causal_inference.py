@@ -16,6 +16,7 @@ from utils.scheduler import FlowMatchScheduler
 
 from .kv_cache import KVCache
 from .policies import CachePolicy
+from .recache import CleanLatentStore, mark_token_slots, recache_kv
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,37 @@ def generator_noise(generator: torch.Generator) -> NoiseSource:
     return draw
 
 
+class TensorNoise:
+    """Initial noise drawn up front (upstream order): a tensor [B, T, C, H, W] served chunk by chunk."""
+
+    def __init__(self, noise: torch.Tensor):
+        self.noise = noise
+        self.batch, self.num_frames = noise.shape[:2]
+        self.latent_shape = tuple(noise.shape[2:])
+
+    def frames(self, start: int, count: int) -> torch.Tensor:
+        """Noise of frames [start, start + count) -> [B, count, C, H, W]."""
+        return self.noise[:, start:start + count]
+
+
+class LazyNoise:
+    """Initial noise drawn chunk by chunk from ``source`` right before each chunk: memory does not grow with
+    length and ``num_frames`` may be None (endless). Differs from upstream's order, which draws all noise first."""
+
+    def __init__(self, batch: int, latent_shape: tuple, source: NoiseSource, dtype: torch.dtype,
+                 device: torch.device, num_frames: int | None = None):
+        self.batch, self.num_frames, self.latent_shape = batch, num_frames, tuple(latent_shape)
+        self.source, self.dtype, self.device = source, dtype, device
+
+    def frames(self, start: int, count: int) -> torch.Tensor:
+        """A fresh draw [B, count, C, H, W] (``start`` is ignored: draws happen in call order)."""
+        return self.source((self.batch, count, *self.latent_shape), self.dtype, self.device)
+
+
+# (chunk index, first frame) -> new prompt embeddings [B, text_len, text_dim] to switch to, or None to keep.
+PromptSwitch = Callable[[int, int], "torch.Tensor | None"]
+
+
 class CausalInferencePipeline:
     """Runs the causal rollout of a ``CausalWanModel`` with a KV cache managed by ``policy``."""
 
@@ -97,15 +129,22 @@ class CausalInferencePipeline:
         return kv
 
     @torch.no_grad()
-    def iter_chunks(self, prompt_embeds: torch.Tensor, noise: torch.Tensor,
-                    renoise: NoiseSource | torch.Generator) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def iter_chunks(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
+                    renoise: NoiseSource | torch.Generator, prompt_switch: PromptSwitch | None = None,
+                    recache: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (chunk index, first frame, x0 [B, num_frames, C, H, W]) chunk by chunk.
 
-        prompt_embeds [B, text_len, text_dim]; noise [B, T, C, H, W] initial noise (T a multiple of the chunk).
+        prompt_embeds [B, text_len, text_dim]; noise: initial noise [B, T, C, H, W] (T a multiple of the chunk),
+        or a ``TensorNoise`` / ``LazyNoise`` (``num_frames=None``: endless, stop iterating when done).
+        ``prompt_switch(i, f)`` is asked before every chunk after the first; when it returns embeddings, the
+        cross-attention keys/values are recomputed for them, and with ``recache`` the cached keys/values of the
+        retained frames are recomputed under the new prompt (see ``pipeline.recache``).
         """
         model, B = self.model, self.config.num_frame_per_block
-        batch, T, C, H, W = noise.shape
-        if T % B:
+        if isinstance(noise, torch.Tensor):
+            noise = TensorNoise(noise)
+        batch, T, (C, H, W) = noise.batch, noise.num_frames, noise.latent_shape
+        if T is not None and T % B:
             raise ValueError(f"{T} latent frames is not a multiple of num_frame_per_block={B}")
         if prompt_embeds.shape[0] != batch:
             raise ValueError(f"prompt_embeds batch {prompt_embeds.shape[0]} != noise batch {batch}")
@@ -114,14 +153,23 @@ class CausalInferencePipeline:
         F = model.config.tokens_per_frame(H, W)
         kv = self._cache_for(batch, F)
         text_kv = model.encode_text(prompt_embeds.to(model.device))
+        clean = CleanLatentStore() if recache else None
         device = model.device
         ts = self.timesteps.to(device)
-        num_chunks = T // B
-        bar = tqdm(range(num_chunks), desc="chunks", unit="chunk", disable=not self.progress, leave=False)
+        num_chunks = None if T is None else T // B
+        chunk_indices = range(num_chunks) if num_chunks is not None else _count()
+        bar = tqdm(chunk_indices, total=num_chunks, desc="chunks", unit="chunk", disable=not self.progress,
+                   leave=False)
         for i in bar:
             f = i * B
+            if prompt_switch is not None and i > 0:
+                new_prompt = prompt_switch(i, f)
+                if new_prompt is not None:
+                    text_kv = model.encode_text(new_prompt.to(device))
+                    if clean is not None:
+                        recache_kv(model, kv, text_kv, clean, self.config.context_noise)
             kv.begin_chunk(f, B)
-            xt = noise[:, f:f + B].to(device)
+            xt = noise.frames(f, B).to(device)
             x0 = None
             for j in range(len(ts)):
                 t = ts[j].expand(batch, B)  # [batch, B] float32
@@ -134,27 +182,64 @@ class CausalInferencePipeline:
                     xt = self.scheduler.add_noise(x0.flatten(0, 1), eps, t_next).unflatten(0, (batch, B))
             clean_t = torch.full((batch, B), float(self.config.context_noise), device=device)
             model(x0, clean_t, text_kv, kv, start_frame=f)
+            if clean is not None:
+                mark_token_slots(kv)
             kv.commit()
+            if clean is not None:
+                clean.add(f, x0)
+                clean.prune(kv)
             yield i, f, x0
 
-    def generate(self, prompt_embeds: torch.Tensor, noise: torch.Tensor, renoise: NoiseSource | torch.Generator,
-                 callback: ChunkCallback | None = None) -> torch.Tensor:
+    def generate(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
+                 renoise: NoiseSource | torch.Generator, callback: ChunkCallback | None = None,
+                 prompt_switch: PromptSwitch | None = None, recache: bool = False) -> torch.Tensor:
         """Run the whole rollout and return latents [B, T, C, H, W] (x0 of every chunk's last step)."""
-        out = torch.empty_like(noise, dtype=self.model.dtype, device=self.model.device)
-        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise):
+        if isinstance(noise, torch.Tensor):
+            noise = TensorNoise(noise)
+        if noise.num_frames is None:
+            raise ValueError("generate() needs a finite number of frames; use iter_chunks() for endless videos")
+        out = torch.empty((noise.batch, noise.num_frames, *noise.latent_shape), dtype=self.model.dtype,
+                          device=self.model.device)
+        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch, recache):
             out[:, f:f + x0.shape[1]] = x0
             if callback is not None:
                 callback(i, f, x0)
         return out
 
+    def seeded_noise(self, batch: int, num_frames: int | None, latent_shape: tuple, seed: int,
+                     noise_order: str = "upstream") -> tuple["TensorNoise | LazyNoise", NoiseSource]:
+        """Initial noise and re-noise source from one generator seeded once.
+
+        ``upstream``: the whole initial noise [batch, T, C, H, W] first, then every re-noise draw (same seed, same
+        noise as the released code). ``chunked``: each chunk's initial noise is drawn right before the chunk
+        (memory independent of length, endless videos possible; different random numbers).
+        """
+        device = self.model.device
+        g = torch.Generator(device=device).manual_seed(int(seed))
+        source = generator_noise(g)
+        if noise_order == "upstream":
+            if num_frames is None:
+                raise ValueError("noise_order='upstream' needs a finite number of frames; use 'chunked'")
+            return TensorNoise(source((batch, num_frames, *latent_shape), self.model.dtype, device)), source
+        if noise_order == "chunked":
+            return LazyNoise(batch, latent_shape, source, self.model.dtype, device, num_frames), source
+        raise ValueError(f"noise_order={noise_order!r}: use 'upstream' or 'chunked'")
+
     def generate_seeded(self, prompt_embeds: torch.Tensor, num_frames: int, latent_shape: tuple[int, int, int],
-                        seed: int, callback: ChunkCallback | None = None) -> torch.Tensor:
+                        seed: int, callback: ChunkCallback | None = None, noise_order: str = "upstream",
+                        prompt_switch: PromptSwitch | None = None, recache: bool = False) -> torch.Tensor:
         """Upstream's seeding: one generator seeded once; the whole initial noise first, then every re-noise draw.
 
         latent_shape = (C, H, W), e.g. (16, 60, 104). Returns latents [B, num_frames, C, H, W].
         """
-        device = self.model.device
-        g = torch.Generator(device=device).manual_seed(int(seed))
-        batch = prompt_embeds.shape[0]
-        noise = torch.randn((batch, num_frames, *latent_shape), generator=g, dtype=self.model.dtype, device=device)
-        return self.generate(prompt_embeds, noise, g, callback=callback)
+        noise, source = self.seeded_noise(prompt_embeds.shape[0], num_frames, latent_shape, seed, noise_order)
+        return self.generate(prompt_embeds, noise, source, callback=callback, prompt_switch=prompt_switch,
+                             recache=recache)
+
+
+def _count():
+    """0, 1, 2, ... (endless chunk indices)."""
+    i = 0
+    while True:
+        yield i
+        i += 1

@@ -210,20 +210,25 @@ class CausalWanModel(nn.Module):
         ctx = self.text_embedding(context.to(self.dtype))
         return [blk.cross_attn.project_text(ctx) for blk in self.blocks]
 
-    def _geometry(self, num_frames: int, grid_h: int, grid_w: int, start_frame: int) -> CallGeometry:
+    def _geometry(self, num_frames: int, grid_h: int, grid_w: int, start_frame: int,
+                  frame_positions: torch.Tensor | None) -> CallGeometry:
         key = (grid_h, grid_w, str(self.device))
         if key not in self._spatial_angles:
             self._spatial_angles[key] = self.rope.spatial_angles(grid_h, grid_w, self.device)
         F = grid_h * grid_w
-        pos = torch.arange(start_frame, start_frame + num_frames, device=self.device).repeat_interleave(F)
+        if frame_positions is None:
+            frame_positions = torch.arange(start_frame, start_frame + num_frames, device=self.device)
+        pos = frame_positions.to(self.device, torch.long).repeat_interleave(F)
         return CallGeometry(num_frames, F, pos, self._spatial_angles[key])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                cache: SelfAttentionCache | None = None, start_frame: int = 0) -> torch.Tensor:
+                cache: SelfAttentionCache | None = None, start_frame: int = 0,
+                frame_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Flow prediction for one chunk.
 
         x [B, T, C, H, W] (latent frames of the chunk), t [B, T] per-frame float timesteps,
-        text_kv from ``encode_text``; ``start_frame`` is the absolute index of the chunk's first frame.
+        text_kv from ``encode_text``; ``start_frame`` is the absolute index of the chunk's first frame
+        (``frame_positions`` [T] overrides it with an explicit time index per frame).
         Returns flow [B, T, C, H, W].
         """
         B, T, _, H, W = x.shape
@@ -233,7 +238,7 @@ class CausalWanModel(nn.Module):
         h = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.dtype))  # [B, dim, T, H/ph, W/pw]
         gh, gw = h.shape[-2:]
         h = h.flatten(2).transpose(1, 2)  # [B, T*F, dim]
-        geo = self._geometry(T, gh, gw, start_frame)
+        geo = self._geometry(T, gh, gw, start_frame, frame_positions)
 
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.flatten()).to(h.dtype))  # [B*T, dim]
         e6 = self.time_projection(e).unflatten(1, (6, self.config.dim)).unflatten(0, (B, T))  # [B, T, 6, dim]
