@@ -42,6 +42,16 @@ class LayerKVCache:
         self.frame = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.n = 0
         self.staged = 0
+        self.aux: dict[str, torch.Tensor] = {}  # per-token fields [B, cap] owned by policies (see aux_field)
+
+    def aux_field(self, name: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """Per-token field ``name`` [B, cap] (zero when staged, gathered by ``keep()``), created on first use."""
+        # e.g. Participative Compression's pick counts: they follow their tokens when the cache is compacted.
+        field = self.aux.get(name)
+        if field is None:
+            field = torch.zeros(self.t_pos.shape, dtype=dtype, device=self.t_pos.device)
+            self.aux[name] = field
+        return field
 
     def reset(self) -> None:
         """Forget all entries (storage is kept)."""
@@ -59,6 +69,8 @@ class LayerKVCache:
         self.v[:, self.n:end] = v
         self.t_pos[:, self.n:end] = pos
         self.frame[:, self.n:end] = pos
+        for field in self.aux.values():
+            field[:, self.n:end] = 0
         self.staged = m
 
     def commit(self) -> None:
@@ -84,6 +96,8 @@ class LayerKVCache:
         self.v[:, :m] = torch.gather(self.v[:, :self.n], 1, gk)
         self.t_pos[:, :m] = torch.gather(self.t_pos[:, :self.n], 1, idx)
         self.frame[:, :m] = torch.gather(self.frame[:, :self.n], 1, idx)
+        for field in self.aux.values():
+            field[:, :m] = torch.gather(field[:, :self.n], 1, idx)
         self.n = m
 
 

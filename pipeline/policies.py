@@ -1,11 +1,35 @@
-"""KV-cache policies: what the cache keeps and which time positions its tokens use.
+"""KV-cache policies: what the cache keeps and which time positions its tokens use (SPEC section 4).
 
 A policy is a dataclass whose fields are its configuration (validated in ``__post_init__`` and ``validate``). It
 acts only on the first call of a new chunk (``on_new_chunk``), before the chunk is staged, and may observe every
 call's queries (``observe_queries``). It never knows which model runs.
+
+Policies: ``SelfForcingWindow`` (4.1), ``DeepSink`` (4.2), ``ParticipativeCompression`` (4.3, Deep Sink + PC).
+``build_policy(mode, ...)`` builds one from the mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags.
+
+Trace format. When ``policy.trace`` is a callable, every cache event of every layer calls it with one dict
+(nothing is computed for it when ``trace`` is None). Tensors are on the CPU; ``batch`` is the cache's batch size:
+  event            "evict" (FIFO eviction), "realign" (sink time positions moved) or "compress" (PC rebuild)
+  layer            layer index
+  chunk_start      f, first latent frame of the chunk that triggered the event
+  chunk_frames     B;  tokens_per_frame: F
+  tokens_before    committed tokens before the event
+  num_tokens       committed tokens after the event (the new chunk is not staged yet)
+  kept             int64 [batch, num_tokens]: index into the pre-event cache of every token kept, in cache order
+                   (the identity for "realign")
+  frames           int64 [batch, num_tokens]: source latent frame of every kept token
+  t_pos            int64 [batch, num_tokens]: time index of every kept token after the event
+Event-specific keys:
+  evict            evicted_frames (int)
+  realign          sink_start (int, new time index of sink frame 0), shift (int, change of sink_start)
+  compress         candidates (start, end): token range of the candidates in the pre-event cache;
+                   scores float32 [batch, end - start]: candidate scores; selected int64 [batch, c]: kept candidates
+                   (indices into the pre-event cache, ascending); picks int64 [batch, c]: their pick counts after
+                   this compression; eligible int64 [batch]: candidates under the reuse cap; sink_start, shift.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -13,7 +37,15 @@ import torch
 
 from .kv_cache import KVCache
 
+logger = logging.getLogger(__name__)
+
 TraceHook = Callable[[dict], None]
+
+MODES = ("self_forcing", "deep_sink", "deep_sink_pc")
+
+
+class CachePolicyError(ValueError):
+    """An invalid cache-policy setting; the message names the values and the fix (print it without a traceback)."""
 
 
 @dataclass
@@ -28,10 +60,17 @@ class CachePolicy:
     name = "base"
 
     def __post_init__(self):
+        self._check()
+
+    def _check(self) -> None:
+        """Checks that do not depend on the chunk size."""
         if self.local_attn_size != -1 and self.local_attn_size < 1:
-            raise ValueError(f"local_attn_size={self.local_attn_size}: use -1 (global) or a positive frame count")
+            raise CachePolicyError(f"local_attn_size={self.local_attn_size} is invalid: use -1 (global attention) "
+                                   f"or a positive number of latent frames (21 in the shipped configs)")
+        if self.global_cap_frames < 1:
+            raise CachePolicyError(f"global_cap_frames={self.global_cap_frames} must be a positive number of frames")
         if self.sink_size < 0:
-            raise ValueError(f"sink_size={self.sink_size} must be >= 0")
+            raise CachePolicyError(f"sink_size={self.sink_size} is invalid: use a number of frames >= 0")
 
     @property
     def window_frames(self) -> int:
@@ -39,11 +78,14 @@ class CachePolicy:
         return self.global_cap_frames if self.local_attn_size == -1 else self.local_attn_size
 
     def validate(self, chunk_frames: int) -> None:
-        """Check the configuration against the chunk size B; raise ValueError naming the values."""
+        """Check the configuration against the chunk size B; raise CachePolicyError naming the values."""
+        self._check()
         L, S, B = self.window_frames, self.sink_size, chunk_frames
+        if B < 1:
+            raise CachePolicyError(f"num_frame_per_block={B} must be >= 1")
         if S + B > L:
-            raise ValueError(f"sink_size={S} + chunk of {B} frames exceeds the window local_attn_size={L}: "
-                             f"no frame could ever be evicted; use sink_size <= {L - B}")
+            raise CachePolicyError(f"sink_size={S} + chunk of {B} frames exceeds the window local_attn_size={L}: "
+                                   f"no frame could ever be evicted; use sink_size <= {L - B}")
 
     def capacity_frames(self, chunk_frames: int) -> int:
         """Storage to preallocate, in frames: the committed window plus one staged chunk."""
@@ -61,18 +103,46 @@ class CachePolicy:
     def describe(self) -> dict:
         """The policy's parameters, for sidecars and logs."""
         return {"mode": self.name, "local_attn_size": self.local_attn_size, "sink_size": self.sink_size,
-                "window_frames": self.window_frames}
+                "window_frames": self.window_frames, "global_cap_frames": self.global_cap_frames}
 
-    def _emit(self, kv: KVCache, layer: int, event: str, **extra) -> None:
-        """Send a trace record of the layer's committed tokens to the trace hook, if any."""
+    def _emit(self, kv: KVCache, layer: int, event: str, kept: torch.Tensor | None = None,
+              tokens_before: int | None = None, **extra) -> None:
+        """Send a trace record (module docstring) of the layer's committed tokens to the trace hook, if any."""
         if self.trace is None:
             return
         cache = kv.layers[layer]
+        n, batch = cache.n, cache.k.shape[0]
+        if kept is None:
+            kept = torch.arange(n)
+        kept = _host(kept)
+        if kept.dim() == 1:
+            kept = kept.unsqueeze(0).expand(batch, -1)
         rec = {"event": event, "layer": layer, "chunk_start": kv.chunk.start_frame,
-               "num_tokens": cache.n, "frames": cache.frame[:, :cache.n].detach().cpu(),
-               "t_pos": cache.t_pos[:, :cache.n].detach().cpu()}
+               "chunk_frames": kv.chunk.num_frames, "tokens_per_frame": kv.chunk.tokens_per_frame,
+               "tokens_before": n if tokens_before is None else tokens_before, "num_tokens": n,
+               "kept": kept, "frames": _host(cache.frame[:, :n]), "t_pos": _host(cache.t_pos[:, :n])}
         rec.update(extra)
         self.trace(rec)
+
+
+def _host(x: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``x`` that later cache writes cannot change (trace records)."""
+    return x.detach().to("cpu", copy=True)
+
+
+def fifo_keep_index(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> torch.Tensor | None:
+    """Indices [m] of the committed tokens FIFO eviction keeps so that context + new chunk fits ``window_frames``.
+
+    The first ``sink_frames`` frames are always kept; None when nothing has to go.
+    """
+    cache, chunk = kv.layers[layer], kv.chunk
+    F = chunk.tokens_per_frame
+    evict = cache.n // F + chunk.num_frames - window_frames
+    if evict <= 0:
+        return None
+    sink = min(sink_frames * F, cache.n)
+    device = cache.k.device
+    return torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
 
 
 def evict_after_sink(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> int:
@@ -80,17 +150,13 @@ def evict_after_sink(kv: KVCache, layer: int, sink_frames: int, window_frames: i
 
     Returns the number of frames evicted (0 when it fits).
     """
-    cache, chunk = kv.layers[layer], kv.chunk
-    F = chunk.tokens_per_frame
-    cached_frames = cache.n // F
-    evict = cached_frames + chunk.num_frames - window_frames
-    if evict <= 0:
+    cache = kv.layers[layer]
+    idx = fifo_keep_index(kv, layer, sink_frames, window_frames)
+    if idx is None:
         return 0
-    sink = sink_frames * F
-    device = cache.k.device
-    idx = torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
+    before = cache.n
     cache.keep(idx)
-    return evict
+    return (before - cache.n) // kv.chunk.tokens_per_frame
 
 
 @dataclass
@@ -101,6 +167,237 @@ class SelfForcingWindow(CachePolicy):
 
     def on_new_chunk(self, kv: KVCache, layer: int) -> None:
         """Evict the oldest non-sink frames when the new chunk would overflow the window."""
-        evicted = evict_after_sink(kv, layer, self.sink_size, self.window_frames)
-        if evicted:
-            self._emit(kv, layer, "evict", evicted_frames=evicted)
+        cache = kv.layers[layer]
+        idx = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
+        if idx is None:
+            return
+        before = cache.n
+        cache.keep(idx)
+        self._emit(kv, layer, "evict", kept=idx, tokens_before=before,
+                   evicted_frames=(before - cache.n) // kv.chunk.tokens_per_frame)
+
+
+@dataclass
+class DeepSink(CachePolicy):
+    """Deep Sink (SPEC 4.2): FIFO eviction after a large sink, and the sink's time positions follow the window.
+
+    At every eviction (context + new chunk > L) sink frame j gets time index ``f - L + j``, so the sink occupies
+    ``[f - L, f - L + S)`` and B unused indices lie between it and the oldest tail frame (kept as released).
+    """
+
+    name = "deep_sink"
+
+    def _check(self) -> None:
+        """Base checks plus S < L."""
+        super()._check()
+        if self.sink_size >= self.window_frames:
+            raise CachePolicyError(f"sink_size={self.sink_size} must be smaller than the window "
+                                   f"local_attn_size={self.window_frames}; lower sink_size in the YAML model_kwargs")
+
+    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
+        """FIFO-evict when the chunk would overflow, then move the sink to ``[f - L, f - L + S)``."""
+        cache = kv.layers[layer]
+        idx = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
+        if idx is None:
+            return
+        before = cache.n
+        cache.keep(idx)
+        self._emit(kv, layer, "evict", kept=idx, tokens_before=before,
+                   evicted_frames=(before - cache.n) // kv.chunk.tokens_per_frame)
+        self._place_sink(kv, layer, kv.chunk.start_frame - self.window_frames)
+
+    def _place_sink(self, kv: KVCache, layer: int, start: int) -> None:
+        """Give sink frame j the time index ``start + j`` (all its tokens) and trace a "realign" event."""
+        cache, F = kv.layers[layer], kv.chunk.tokens_per_frame
+        sink = min(self.sink_size * F, cache.n)
+        if sink == 0:
+            return
+        old = int(cache.t_pos[0, 0]) if self.trace is not None else 0  # host read only when tracing
+        frames = torch.arange(start, start + self.sink_size, device=cache.t_pos.device)
+        cache.t_pos[:, :sink] = frames.repeat_interleave(F)[:sink]
+        self._emit(kv, layer, "realign", sink_start=start, shift=start - old)
+
+
+def select_top(scores: torch.Tensor, picks: torch.Tensor, keep: int, reuse_cap: int) -> torch.Tensor:
+    """Indices [batch, min(keep, n)] (ascending) of the ``keep`` best candidates of scores [batch, n].
+
+    Order of preference: candidates picked fewer than ``reuse_cap`` times (picks [batch, n]; cap 0 = no cap) first,
+    then higher score, then the earlier token (ties). So when fewer than ``keep`` candidates are under the cap, the
+    rest is filled with the best-scoring capped ones and the cache keeps its budget; when there are fewer than
+    ``keep`` candidates at all, every candidate is kept.
+    """
+    k = min(keep, scores.shape[1])
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [batch, n]
+    if reuse_cap > 0:
+        capped = torch.gather(picks >= reuse_cap, 1, order).to(torch.int8)
+        order = torch.gather(order, 1, torch.sort(capped, dim=1, stable=True).indices)
+    return order[:, :k].sort(dim=1).values
+
+
+@dataclass
+class ParticipativeCompression(DeepSink):
+    """Deep Sink + Participative Compression (SPEC 4.3), the default Deep Forcing mode.
+
+    Per layer, the queries of the last ``recent`` frames of every DiT call are remembered (as per-frame sums with
+    their time index: the score is linear in the queries and all tokens of a frame share its time rotation).
+    On the first call of a chunk whose arrival would overflow the window (committed + B > L frames), the pool
+    (committed tokens + the new chunk) is split into sink (first S frames), recent (last R frames: the last R - B
+    committed frames and the chunk) and candidates (the rest). Candidate j scores ``sum over recent queries and
+    heads of q . k_j`` with both time-rotated (relative positions; no softmax). The ``C = (budget - S - R) * F``
+    best are kept (``select_top``: reuse cap, ties to the earlier token), one index set per layer and sample shared
+    by all heads, in original order; their pick counts grow by one. The cache becomes [sink | top-C | committed
+    recent] (budget - B frames; budget with the chunk) and the sink moves to ``[f - budget, f - budget + S)``.
+
+    Top-C tokens keep their time index (released behaviour). With ``realign_topc=True`` (the paper's variant) the
+    kept tokens form one contiguous run ending at the chunk's last frame ``f + B - 1``: with c kept candidates and
+    g = ceil(c / F) slots, the committed recent frames keep their true indices ``[f - R + B, f)``, kept candidate i
+    (original order) gets ``f - R + B - g + i // F``, and sink frame j gets ``f - R + B - g - S + j`` (for c = C the
+    sink starts at ``f + B - budget``: no gap).
+    """
+
+    budget: int = 16
+    recent: int = 4
+    reuse_cap: int = 7
+    realign_topc: bool = False
+    _q_sum: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _q_pos: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    name = "deep_sink_pc"
+    PICKS = "pc_picks"  # name of the pick-count field in the layer caches
+
+    def _check(self) -> None:
+        """Deep Sink checks plus budget/recent/reuse cap ranges and S + R <= N <= L."""
+        super()._check()
+        L, S, N, R = self.window_frames, self.sink_size, self.budget, self.recent
+        if N < 1 or R < 1:
+            raise CachePolicyError(f"--Budget={N} and --Recent={R} must both be positive numbers of frames "
+                                   f"(defaults 16 and 4)")
+        if self.reuse_cap < 0:
+            raise CachePolicyError(f"reuse_cap={self.reuse_cap} must be >= 0 (7 as released; 0 turns the cap off)")
+        if not S + R <= N <= L:
+            raise CachePolicyError(f"Deep Sink + PC needs sink_size + --Recent <= --Budget <= local_attn_size, got "
+                                   f"sink_size={S}, --Recent={R}, --Budget={N}, local_attn_size={L}; choose --Budget "
+                                   f"between {S + R} and {L} (or lower sink_size / --Recent)")
+
+    def validate(self, chunk_frames: int) -> None:
+        """Base checks plus R >= B (the new chunk must lie inside the recent frames)."""
+        super().validate(chunk_frames)
+        if self.recent < chunk_frames:
+            raise CachePolicyError(f"--Recent={self.recent} is smaller than the chunk of num_frame_per_block="
+                                   f"{chunk_frames} frames; the recent window must hold the new chunk: use "
+                                   f"--Recent >= {chunk_frames}")
+
+    def candidate_tokens(self, tokens_per_frame: int) -> int:
+        """C: candidate tokens kept per compression, ``(budget - sink_size - recent) * F``."""
+        return (self.budget - self.sink_size - self.recent) * tokens_per_frame
+
+    def describe(self) -> dict:
+        """All parameters, for sidecars and logs."""
+        return {**super().describe(), "budget": self.budget, "recent": self.recent, "reuse_cap": self.reuse_cap,
+                "realign_topc": self.realign_topc}
+
+    def reset(self, num_layers: int) -> None:
+        """Forget the recent queries (pick counts live in the cache, which resets itself)."""
+        self._q_sum = [None] * num_layers
+        self._q_pos = [None] * num_layers
+
+    def observe_queries(self, kv: KVCache, layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
+        """Append this call's queries q [B, m, H, D] (positions [m]) to the layer's window of the last R frames."""
+        F = kv.tokens_per_frame
+        batch, m = q.shape[:2]
+        if m % F:
+            raise RuntimeError(f"{m} query tokens is not a whole number of frames of {F} tokens")
+        if layer >= len(self._q_sum):
+            grow = layer + 1 - len(self._q_sum)
+            self._q_sum += [None] * grow
+            self._q_pos += [None] * grow
+        q_sum = q.unflatten(1, (m // F, F)).sum(dim=2, dtype=torch.float32)  # [B, m/F, H, D]
+        q_pos = pos[::F]  # [m/F], one time index per frame
+        if self._q_sum[layer] is not None:
+            q_sum = torch.cat([self._q_sum[layer], q_sum], dim=1)
+            q_pos = torch.cat([self._q_pos[layer], q_pos])
+        self._q_sum[layer] = q_sum[:, -self.recent:]
+        self._q_pos[layer] = q_pos[-self.recent:]
+
+    def score(self, kv: KVCache, layer: int, start: int, end: int) -> torch.Tensor:
+        """Scores [B, end - start] (float32) of committed tokens ``[start, end)``: sum over recent q, heads of q.k."""
+        cache = kv.layers[layer]
+        batch = cache.k.shape[0]
+        q_sum = self._q_sum[layer] if layer < len(self._q_sum) else None
+        if q_sum is None or end <= start:
+            return torch.zeros(batch, max(end - start, 0), device=cache.k.device)
+        q = kv.rotate_time(q_sum, self._q_pos[layer] - kv.base).sum(dim=1)  # [B, H, D], reduced first
+        keys = kv.rotate_time(cache.k[:, start:end], cache.t_pos[:, start:end] - kv.base)  # [B, n, H, D]
+        return torch.einsum("bnhd,bhd->bn", keys.float(), q)
+
+    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
+        """Compress when the new chunk would overflow the window; otherwise nothing happens."""
+        cache, chunk = kv.layers[layer], kv.chunk
+        if cache.n + chunk.num_tokens > self.window_frames * chunk.tokens_per_frame:
+            self.compress(kv, layer)
+
+    def compress(self, kv: KVCache, layer: int) -> None:
+        """Rebuild the layer's cache as [sink | top-C candidates | committed recent] and move the sink."""
+        cache, chunk = kv.layers[layer], kv.chunk
+        F, B, f, n = chunk.tokens_per_frame, chunk.num_frames, chunk.start_frame, cache.n
+        batch, device = cache.k.shape[0], cache.k.device
+        sink = min(self.sink_size * F, n)
+        cand_end = max(n - (self.recent - B) * F, sink)
+        scores = self.score(kv, layer, sink, cand_end)  # [batch, nc]
+        picks = cache.aux_field(self.PICKS)
+        cand_picks = picks[:, sink:cand_end]
+        selected = select_top(scores, cand_picks, self.candidate_tokens(F), self.reuse_cap) + sink  # [batch, c]
+        c = selected.shape[1]
+        eligible = None
+        if self.trace is not None:  # candidates under the cap, before this compression's increments
+            eligible = (cand_picks < self.reuse_cap).sum(1) if self.reuse_cap > 0 else \
+                torch.full((batch,), cand_end - sink)
+        picks.scatter_add_(1, selected, torch.ones_like(selected))
+        idx = torch.cat([torch.arange(sink, device=device).expand(batch, -1), selected,
+                         torch.arange(cand_end, n, device=device).expand(batch, -1)], dim=1)  # [batch, m]
+        cache.keep(idx)
+        old = int(cache.t_pos[0, 0]) if self.trace is not None and sink else 0  # host read only when tracing
+        if self.realign_topc:
+            slots = -(-c // F)
+            run_start = f - (self.recent - B) - slots
+            topc_pos = run_start + torch.arange(c, device=device) // F
+            cache.t_pos[:, sink:sink + c] = topc_pos
+            sink_start = run_start - self.sink_size
+        else:
+            sink_start = f - self.budget
+        if sink:
+            cache.t_pos[:, :sink] = torch.arange(sink_start, sink_start + self.sink_size,
+                                                 device=device).repeat_interleave(F)[:sink]
+        if self.trace is not None:
+            self._emit(kv, layer, "compress", kept=idx, tokens_before=n, candidates=(sink, cand_end),
+                       scores=_host(scores), selected=_host(selected),
+                       picks=_host(cache.aux[self.PICKS][:, sink:sink + c]), eligible=_host(eligible),
+                       sink_start=sink_start, shift=sink_start - old)
+
+
+def build_policy(mode: str, local_attn_size: int = 21, sink_size: int = 0, budget: int = 16, recent: int = 4,
+                 reuse_cap: int = 7, realign_topc: bool = False, trace: TraceHook | None = None) -> CachePolicy:
+    """The cache policy of ``mode`` ("self_forcing", "deep_sink" or "deep_sink_pc") with these parameters."""
+    if mode == "self_forcing":
+        return SelfForcingWindow(local_attn_size=local_attn_size, sink_size=sink_size, trace=trace)
+    if mode == "deep_sink":
+        return DeepSink(local_attn_size=local_attn_size, sink_size=sink_size, trace=trace)
+    if mode == "deep_sink_pc":
+        return ParticipativeCompression(local_attn_size=local_attn_size, sink_size=sink_size, budget=budget,
+                                        recent=recent, reuse_cap=reuse_cap, realign_topc=realign_topc, trace=trace)
+    raise CachePolicyError(f"cache mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+
+
+def select_mode(is_ds_only: int, mode: str | None = None) -> str:
+    """The cache mode from upstream's ``--is_ds_only`` (1: deep_sink, 0: deep_sink_pc) or an explicit ``mode``."""
+    if is_ds_only not in (0, 1):
+        raise CachePolicyError(f"--is_ds_only={is_ds_only} is invalid: use 1 for Deep Sink alone or 0 for "
+                               f"Deep Sink + Participative Compression")
+    if mode is None:
+        return "deep_sink" if is_ds_only else "deep_sink_pc"
+    if mode not in MODES:
+        raise CachePolicyError(f"cache mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+    if is_ds_only and mode != "deep_sink":
+        raise CachePolicyError(f"--is_ds_only 1 asks for Deep Sink alone but the cache mode is {mode!r}; drop "
+                               f"--is_ds_only or the mode")
+    return mode
