@@ -11,8 +11,9 @@ import torch
 
 
 def _inv_freq(dim: int, theta: float) -> torch.Tensor:
-    """Inverse frequencies of one RoPE axis of ``dim`` real channels, float64 [dim/2]."""
-    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    """Inverse frequencies of one RoPE axis of ``dim`` real channels, float64 [dim/2] (on the CPU even when a model
+    is built under a meta-device context; they are moved to the data's device when used)."""
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:

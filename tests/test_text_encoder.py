@@ -1,0 +1,191 @@
+"""UMT5 text encoder: Wan .pth mapped into transformers' UMT5EncoderModel, prompt pipeline, offload rule."""
+import pytest
+import torch
+from transformers import UMT5Config, UMT5EncoderModel
+
+from utils.fixtures import TINY_T5, tiny_dit_config, write_tiny_model
+from wan import memory
+from wan.loading import T5_WEIGHTS_FILE, ModelFilesError
+from wan.text_encoder import WanTextEncoder, clean_prompt
+
+PROMPTS = ["A red fox runs through a snowy forest at sunset, cinematic wide shot.",
+           "  a  dog\n\tswims &amp;amp; dives  ",
+           "x"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI machine is shared: one intra-op thread is faster here than two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_te"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny):
+    return WanTextEncoder.from_model_dir(tiny.model_dir, dtype=torch.float32, device="cpu")
+
+
+def _reference_model(path) -> UMT5EncoderModel:
+    """UMT5EncoderModel built from a hand-written config, loaded from the Wan file with the SPEC key table."""
+    wan = torch.load(path, map_location="cpu", weights_only=True)
+    d_model = tiny_dit_config().text_dim
+    table = {"norm1.weight": "layer.0.layer_norm.weight", "attn.q.weight": "layer.0.SelfAttention.q.weight",
+             "attn.k.weight": "layer.0.SelfAttention.k.weight", "attn.v.weight": "layer.0.SelfAttention.v.weight",
+             "attn.o.weight": "layer.0.SelfAttention.o.weight",
+             "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+             "norm2.weight": "layer.1.layer_norm.weight", "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+             "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+             "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight"}
+    sd = {"shared.weight": wan["token_embedding.weight"], "encoder.embed_tokens.weight": wan["token_embedding.weight"],
+          "encoder.final_layer_norm.weight": wan["norm.weight"]}
+    for i in range(TINY_T5["num_layers"]):
+        for src, dst in table.items():
+            sd[f"encoder.block.{i}.{dst}"] = wan[f"blocks.{i}.{src}"]
+    cfg = UMT5Config(vocab_size=wan["token_embedding.weight"].shape[0], d_model=d_model,
+                     d_kv=d_model // TINY_T5["num_heads"], d_ff=TINY_T5["d_ff"], num_layers=TINY_T5["num_layers"],
+                     num_heads=TINY_T5["num_heads"], relative_attention_num_buckets=32,
+                     relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                     is_encoder_decoder=False)
+    cfg._attn_implementation = "eager"
+    model = UMT5EncoderModel(cfg)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+def test_derived_config(encoder, tiny):
+    cfg = encoder.model.config
+    assert (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff, cfg.num_layers) == (32, 2, 16, 64, 2)
+    assert cfg.relative_attention_num_buckets == 32 and cfg.relative_attention_max_distance == 128
+    assert cfg.is_gated_act and cfg.dense_act_fn == "gelu_new" and cfg._attn_implementation == "eager"
+    assert cfg.vocab_size >= len(encoder.tokenizer)  # the embedding is padded beyond the tokenizer, as the real one
+    assert encoder.model.shared.weight is encoder.model.encoder.embed_tokens.weight
+    assert encoder.text_len == tiny_dit_config().text_len
+
+
+def test_output_equals_directly_loaded_umt5(encoder, tiny):
+    ids, mask = encoder.tokenize(PROMPTS)
+    ref = _reference_model(tiny.model_dir / T5_WEIGHTS_FILE)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state * mask.unsqueeze(-1)
+    out = encoder.encode(PROMPTS)
+    assert out.shape == (3, encoder.text_len, 32) and out.dtype == torch.float32
+    assert torch.equal(out, expected)
+
+
+def test_padding_is_exactly_zero(encoder):
+    ids, mask = encoder.tokenize(PROMPTS)
+    out = encoder.encode(PROMPTS)
+    assert (out[mask == 0] == 0).all()
+    assert (out[mask == 1].abs().sum(-1) > 0).all()
+    assert mask.sum(1).tolist() == [int(m) for m in (ids != 0).sum(1)]
+
+
+def test_tokenization_matches_umt5_conventions(encoder):
+    ids, mask = encoder.tokenize(["a cat"])
+    n = int(mask.sum())
+    assert ids.shape == (1, encoder.text_len)
+    assert ids[0, n - 1] == encoder.tokenizer.eos_token_id == 1  # </s> appended
+    assert (ids[0, n:] == 0).all() and encoder.tokenizer.pad_token_id == 0
+
+
+def test_prompt_cleaning():
+    assert clean_prompt("  a  dog\n\tswims &amp;amp; dives  ") == "a dog swims & dives"
+    assert clean_prompt("caf\u00c3\u00a9 &lt;b&gt;") == "caf\u00e9 <b>"  # mojibake fixed by ftfy, HTML unescaped
+
+
+def test_long_prompt_is_truncated_with_warning(encoder, caplog):
+    prompt = " ".join(["a golden robot dances in the rain"] * 120)  # far more than text_len tokens
+    n_tokens = len(encoder.tokenizer(clean_prompt(prompt))["input_ids"])
+    assert n_tokens > encoder.text_len
+    with caplog.at_level("WARNING", logger="wan.text_encoder"):
+        out = encoder.encode([prompt, "a cat"])
+    assert out.shape == (2, encoder.text_len, 32)
+    assert f"{n_tokens} tokens" in caplog.text and str(encoder.text_len) in caplog.text
+    ids, mask = encoder.tokenize([prompt])
+    assert mask.all() and ids[0, -1] == 1
+
+
+def test_text_len_argument(tiny):
+    enc = WanTextEncoder.from_model_dir(tiny.model_dir, text_len=16)
+    assert enc.encode(["a cat walks"]).shape == (1, 16, 32)
+
+
+def test_offload_gives_identical_output(encoder, tiny):
+    off = WanTextEncoder.from_model_dir(tiny.model_dir, dtype=torch.float32, device="cpu", offload=True)
+    assert off.model.device.type == "cpu"
+    assert torch.equal(off.encode(PROMPTS), encoder.encode(PROMPTS))
+
+
+def test_functional_call_swaps_the_tied_embedding(encoder):
+    """Offload relies on torch.func.functional_call replacing every weight, the tied embedding included."""
+    from torch.func import functional_call
+
+    ids, mask = encoder.tokenize(["a cat"])
+    weights = dict(encoder.model.named_parameters())
+    assert "encoder.embed_tokens.weight" not in weights  # tied: listed once, as shared.weight
+    weights["shared.weight"] = torch.zeros_like(weights["shared.weight"])
+    seen = []
+    hook = encoder.model.encoder.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(o.abs().sum()))
+    try:
+        with torch.no_grad():
+            functional_call(encoder.model, weights, (), {"input_ids": ids, "attention_mask": mask})
+    finally:
+        hook.remove()
+    assert seen == [0]
+
+
+def test_bf16_encoder(tiny):
+    enc = WanTextEncoder.from_model_dir(tiny.model_dir, dtype=torch.bfloat16)
+    out = enc.encode(PROMPTS)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_corrupt_weights_error(tiny, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny.model_dir, folder)
+    weights = folder / T5_WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:3000])
+    with pytest.raises(ModelFilesError) as err:
+        WanTextEncoder.from_model_dir(folder)
+    assert str(weights) in str(err.value) and "corrupt" in str(err.value)
+
+
+def test_unknown_key_error(tiny, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny.model_dir, folder)
+    weights = folder / T5_WEIGHTS_FILE
+    sd = torch.load(weights, weights_only=True)
+    sd["blocks.0.extra.weight"] = torch.zeros(1)
+    torch.save(sd, weights)
+    with pytest.raises(ModelFilesError, match="blocks.0.extra.weight"):
+        WanTextEncoder.from_model_dir(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------- memory
+
+
+def test_offload_rule(monkeypatch):
+    assert memory.should_offload_text_encoder("cpu") is False
+    gib = 1024 ** 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device=None: {})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gib, 24 * gib))
+    assert memory.should_offload_text_encoder("cuda") is True
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))
+    assert memory.should_offload_text_encoder("cuda:0") is False
+    # memory PyTorch reserved but does not use counts as free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device=None: {"reserved_bytes.all.current": 20 * gib,
+                                                                         "active_bytes.all.current": 5 * gib})
+    assert memory.should_offload_text_encoder("cuda") is False

@@ -1,0 +1,98 @@
+"""Fetch the Wan model folder and the Self Forcing checkpoint from the Hugging Face hub.
+
+Uses ``huggingface_hub`` (its progress bars, ``HF_HOME``, ``HF_TOKEN``, resumable downloads). Offline mode
+(``HF_HUB_OFFLINE=1``, read when a download is attempted, not at import) or an unreachable hub ends in a
+:class:`~wan.loading.ModelFilesError` that gives the manual ``huggingface-cli download`` commands.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .loading import (CHECKPOINT_REPO_FILE, CHECKPOINT_REPO_ID, MODEL_FOLDER_FILES, TOKENIZER_DIR, WAN_REPO_ID,
+                      ModelFilesError, checkpoint_download_command, first_line, wan_download_command)
+
+logger = logging.getLogger(__name__)
+
+# Only what inference needs from the Wan repository (it also holds examples and assets).
+WAN_ALLOW_PATTERNS = [*MODEL_FOLDER_FILES, f"{TOKENIZER_DIR}/*"]
+
+
+def hub_offline() -> bool:
+    """Whether the hub is switched off (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), read at call time."""
+    from huggingface_hub import constants
+
+    def truthy(value: str | None) -> bool:
+        """huggingface_hub's reading of a boolean environment variable."""
+        return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+    return (truthy(os.environ.get("HF_HUB_OFFLINE")) or truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+            or bool(constants.HF_HUB_OFFLINE))
+
+
+def manual_commands(model_dir: Path | None, checkpoint: Path | None) -> str:
+    """The manual download commands for the given targets, as one sentence."""
+    cmds = []
+    if model_dir is not None:
+        cmds.append(f"`{wan_download_command(model_dir)}`")
+    if checkpoint is not None:
+        cmds.append(f"`{checkpoint_download_command(checkpoint)}`")
+    return " and ".join(cmds) + " (with huggingface_hub >= 1.0 the command is spelled `hf download ...`)"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the hub could not be used' (unreachable, refused, not found)."""
+    from huggingface_hub import errors
+
+    types: list[type[BaseException]] = [OSError, errors.HfHubHTTPError, errors.LocalEntryNotFoundError]
+    try:
+        import httpx
+        types.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _fail(reason: str, model_dir: Path | None, checkpoint: Path | None) -> ModelFilesError:
+    """The error raised when a download cannot happen; names what is missing and gives the manual commands."""
+    parts = [f"files of the Wan model folder {model_dir}" if model_dir is not None else "",
+             f"the Self Forcing checkpoint {checkpoint}" if checkpoint is not None else ""]
+    what = " and ".join(p for p in parts if p)
+    return ModelFilesError(f"Missing: {what}; the download could not run ({reason}). Download manually, from the "
+                           f"working directory, with {manual_commands(model_dir, checkpoint)}; then run again.")
+
+
+def download_wan_model(model_dir: Path, checkpoint: Path | None = None) -> Path:
+    """Fetch the Wan2.1-T2V-1.3B files inference needs into ``model_dir`` (``snapshot_download``, resumable)."""
+    model_dir = Path(model_dir)
+    if hub_offline():
+        raise _fail("HF_HUB_OFFLINE is set", model_dir, checkpoint)
+    import huggingface_hub
+
+    logger.info("downloading %s into %s", WAN_REPO_ID, model_dir)
+    try:
+        huggingface_hub.snapshot_download(repo_id=WAN_REPO_ID, local_dir=str(model_dir),
+                                          allow_patterns=WAN_ALLOW_PATTERNS)
+    except _network_errors() as exc:
+        raise _fail(f"{type(exc).__name__}: {first_line(exc)}", model_dir, checkpoint) from None
+    return model_dir
+
+
+def download_checkpoint(checkpoint: Path) -> Path:
+    """Fetch ``checkpoints/self_forcing_dmd.pt`` from ``gdhe17/Self-Forcing`` so that it lands at ``checkpoint``."""
+    checkpoint = Path(checkpoint).absolute()
+    local_dir = checkpoint.parent.parent
+    if hub_offline():
+        raise _fail("HF_HUB_OFFLINE is set", None, checkpoint)
+    import huggingface_hub
+
+    logger.info("downloading %s/%s into %s", CHECKPOINT_REPO_ID, CHECKPOINT_REPO_FILE, local_dir)
+    try:
+        path = huggingface_hub.hf_hub_download(repo_id=CHECKPOINT_REPO_ID, filename=CHECKPOINT_REPO_FILE,
+                                               local_dir=str(local_dir))
+    except _network_errors() as exc:
+        raise _fail(f"{type(exc).__name__}: {first_line(exc)}", None, checkpoint) from None
+    if Path(path).absolute() != checkpoint:
+        logger.warning("the hub placed the checkpoint at %s, expected %s", path, checkpoint)
+    return checkpoint
