@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .attention import attention
 from .config import WanConfig
-from .rope import WanRope
+from .rope import Rotation, WanRope
 
 
 class SelfAttentionCache(Protocol):
@@ -68,7 +68,8 @@ class CallGeometry:
     num_frames: int              # latent frames in this call
     tokens_per_frame: int        # F
     positions: torch.Tensor      # [num_frames * F] absolute time index of every query token
-    spatial_angles: torch.Tensor  # [F, hw_pairs] float64
+    spatial: Rotation            # height/width rotation of the call's tokens
+    query_time: Rotation         # time rotation of the call's queries, relative to the cache's base
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,15 +93,13 @@ class CausalSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
-        q = self.rope.rotate_spatial(q, geo.spatial_angles, geo.num_frames)
-        k = self.rope.rotate_spatial(k, geo.spatial_angles, geo.num_frames)
-        base = cache.base if cache is not None else 0
+        q = geo.spatial.apply(q)
+        k = geo.spatial.apply(k)
         if cache is None:
-            keys, values = self.rope.rotate_time(k, geo.positions - base), v
+            keys, values = geo.query_time.apply(k), v
         else:
             keys, values = cache.update(layer, q, k, v, geo.positions)
-        q = self.rope.rotate_time(q, geo.positions - base)
-        out = attention(q, keys, values)
+        out = attention(geo.query_time.apply(q), keys, values)
         return self.o(out.flatten(2))
 
 
@@ -211,7 +210,7 @@ class CausalWanModel(nn.Module):
         return [blk.cross_attn.project_text(ctx) for blk in self.blocks]
 
     def _geometry(self, num_frames: int, grid_h: int, grid_w: int, start_frame: int,
-                  frame_positions: torch.Tensor | None) -> CallGeometry:
+                  frame_positions: torch.Tensor | None, base: int) -> CallGeometry:
         key = (grid_h, grid_w, str(self.device))
         if key not in self._spatial_angles:
             self._spatial_angles[key] = self.rope.spatial_angles(grid_h, grid_w, self.device)
@@ -219,7 +218,8 @@ class CausalWanModel(nn.Module):
         if frame_positions is None:
             frame_positions = torch.arange(start_frame, start_frame + num_frames, device=self.device)
         pos = frame_positions.to(self.device, torch.long).repeat_interleave(F)
-        return CallGeometry(num_frames, F, pos, self._spatial_angles[key])
+        spatial = self.rope.spatial_rotation(self._spatial_angles[key], num_frames, self.dtype)
+        return CallGeometry(num_frames, F, pos, spatial, self.rope.time_rotation(pos - base, self.dtype))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_kv: list[tuple[torch.Tensor, torch.Tensor]],
                 cache: SelfAttentionCache | None = None, start_frame: int = 0,
@@ -238,7 +238,7 @@ class CausalWanModel(nn.Module):
         h = self.patch_embedding(x.permute(0, 2, 1, 3, 4).to(self.dtype))  # [B, dim, T, H/ph, W/pw]
         gh, gw = h.shape[-2:]
         h = h.flatten(2).transpose(1, 2)  # [B, T*F, dim]
-        geo = self._geometry(T, gh, gw, start_frame, frame_positions)
+        geo = self._geometry(T, gh, gw, start_frame, frame_positions, cache.base if cache is not None else 0)
 
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t.flatten()).to(h.dtype))  # [B*T, dim]
         e6 = self.time_projection(e).unflatten(1, (6, self.config.dim)).unflatten(0, (B, T))  # [B, T, 6, dim]

@@ -16,25 +16,37 @@ def _inv_freq(dim: int, theta: float) -> torch.Tensor:
     return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
 
 
-def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:
-    """Rotate complex pairs ``[first_pair, first_pair + P)`` of ``x`` [B, n, H, D] by ``angles`` [n, P] or [B, n, P].
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Rotation arithmetic dtype: float64 for float32/float64 data (as upstream), float32 for half types."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
-    Computed in float64 for float32/float64 inputs (as upstream) and in float32 for half types; returns a new tensor
-    of ``x``'s dtype with the other channels copied unchanged.
-    """
-    P = angles.shape[-1]
-    compute = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
-    if angles.dim() == 2:
-        angles = angles.unsqueeze(0)
-    cos = torch.cos(angles).to(compute).unsqueeze(2)  # [B|1, n, 1, P]
-    sin = torch.sin(angles).to(compute).unsqueeze(2)
-    out = x.clone()
-    pairs = out.unflatten(-1, (-1, 2))  # view [B, n, H, D/2, 2]
-    seg = x.unflatten(-1, (-1, 2))[..., first_pair:first_pair + P, :].to(compute)
-    a, b = seg[..., 0], seg[..., 1]
-    pairs[..., first_pair:first_pair + P, 0] = (a * cos - b * sin).to(x.dtype)
-    pairs[..., first_pair:first_pair + P, 1] = (a * sin + b * cos).to(x.dtype)
-    return out
+
+class Rotation:
+    """cos/sin of the angles of complex pairs ``[first_pair, first_pair + P)``, ready to apply to [B, n, H, D]."""
+
+    def __init__(self, angles: torch.Tensor, first_pair: int, dtype: torch.dtype):
+        if angles.dim() == 2:  # [n, P] -> [1, n, P]
+            angles = angles.unsqueeze(0)
+        self.cos = torch.cos(angles).to(dtype).unsqueeze(2)  # [B|1, n, 1, P]
+        self.sin = torch.sin(angles).to(dtype).unsqueeze(2)
+        self.first_pair = first_pair
+        self.num_pairs = angles.shape[-1]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotated copy of ``x`` [B, n, H, D]; channels outside the rotated pairs are copied unchanged."""
+        p0, p1 = self.first_pair, self.first_pair + self.num_pairs
+        out = x.clone()
+        pairs = out.unflatten(-1, (-1, 2))  # view [B, n, H, D/2, 2]
+        seg = x.unflatten(-1, (-1, 2))[..., p0:p1, :].to(self.cos.dtype)
+        a, b = seg[..., 0], seg[..., 1]
+        pairs[..., p0:p1, 0] = (a * self.cos - b * self.sin).to(x.dtype)
+        pairs[..., p0:p1, 1] = (a * self.sin + b * self.cos).to(x.dtype)
+        return out
+
+
+def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:
+    """Rotate complex pairs ``[first_pair, first_pair + P)`` of ``x`` [B, n, H, D] by ``angles`` [n, P] or [B, n, P]."""
+    return Rotation(angles, first_pair, compute_dtype(x.dtype)).apply(x)
 
 
 class WanRope:
@@ -63,9 +75,17 @@ class WanRope:
         aw = aw[None, :, :].expand(height, width, -1)
         return torch.cat([ah, aw], dim=-1).reshape(height * width, -1)
 
+    def spatial_rotation(self, spatial_angles: torch.Tensor, num_frames: int, dtype: torch.dtype) -> Rotation:
+        """Height/width rotation of ``num_frames`` frames of tokens (built once per call, shared by all layers)."""
+        return Rotation(spatial_angles.repeat(num_frames, 1), self.time_pairs, compute_dtype(dtype))
+
+    def time_rotation(self, pos: torch.Tensor, dtype: torch.dtype) -> Rotation:
+        """Time rotation at integer positions ``pos`` [n] or [B, n]."""
+        return Rotation(self.time_angles(pos), 0, compute_dtype(dtype))
+
     def rotate_spatial(self, x: torch.Tensor, spatial_angles: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Apply the height/width rotation to ``x`` [B, num_frames*h*w, H, D]."""
-        return rotate_pairs(x, spatial_angles.repeat(num_frames, 1), self.time_pairs)
+        return self.spatial_rotation(spatial_angles, num_frames, x.dtype).apply(x)
 
     def rotate_time(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Apply the time rotation to ``x`` [B, n, H, D] at integer positions ``pos`` [n] or [B, n]."""
