@@ -98,12 +98,13 @@ class CausalInferencePipeline:
     """Runs the causal rollout of a ``CausalWanModel`` with a KV cache managed by ``policy``."""
 
     def __init__(self, model, config: RolloutConfig, policy: CachePolicy, rebase: bool = True,
-                 progress: bool = False):
+                 progress: bool = False, rotated_key_buffer: bool = True):
         self.model = model
         self.config = config
         self.policy = policy
         self.rebase = rebase
         self.progress = progress
+        self.rotated_key_buffer = rotated_key_buffer
         self.scheduler = FlowMatchScheduler(config.timestep_shift, config.num_train_timesteps)
         steps = [int(s) for s in config.denoising_step_list]
         self.timesteps = (self.scheduler.warp(steps) if config.warp_denoising_step
@@ -123,7 +124,7 @@ class CausalInferencePipeline:
             self.kv = None  # free the old one first
             kv = KVCache(cfg.num_layers, batch, capacity, cfg.num_heads, cfg.head_dim, self.model.dtype,
                          self.model.device, self.policy, tokens_per_frame, self.model.rope.rotate_time,
-                         rebase=self.rebase)
+                         rebase=self.rebase, rotated_key_buffer=self.rotated_key_buffer)
             self.kv = kv
         kv.reset()
         return kv

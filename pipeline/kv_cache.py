@@ -109,8 +109,12 @@ class KVCache:
 
     def __init__(self, num_layers: int, batch: int, capacity: int, heads: int, head_dim: int, dtype, device,
                  policy, tokens_per_frame: int, rotate_time: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 rebase: bool = True):
+                 rebase: bool = True, rotated_key_buffer: bool = True):
         self.layers = [LayerKVCache(batch, capacity, heads, head_dim, dtype, device) for _ in range(num_layers)]
+        # Time-rotated keys, per layer [B, cap, H, D]: the committed part is rotated once per chunk (after the
+        # policy's events) and each call adds only its own chunk, instead of re-rotating the whole cache on each
+        # of the chunk's calls. Costs one more key buffer; without it every call rotates the cache on read.
+        self.rotated = [torch.empty_like(layer.k) for layer in self.layers] if rotated_key_buffer else None
         self.policy = policy
         self.tokens_per_frame = tokens_per_frame
         self.rotate_time = rotate_time
@@ -152,9 +156,16 @@ class KVCache:
         if self._first_call[layer]:
             self._first_call[layer] = False
             self.policy.on_new_chunk(self, layer)
+            if self.rotated is not None:
+                self.rotated[layer][:, :cache.n] = self.rotated_keys(layer, cache.n)
+        n = cache.n
         cache.stage(k, v, pos)
-        keys = self.rotated_keys(layer)
-        return keys, cache.view()[1]
+        values = cache.view()[1]
+        if self.rotated is None:
+            return self.rotated_keys(layer), values
+        buf = self.rotated[layer]
+        buf[:, n:n + k.shape[1]] = self.rotate_time(k, pos - self.base)
+        return buf[:, :n + k.shape[1]], values
 
     def commit(self) -> None:
         """After the clean pass: the staged chunk becomes context in every layer."""

@@ -28,6 +28,17 @@ def test_cached_rollout_equals_naive_reference(window, sink, T):
     assert (ours - ref).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["self_forcing", "deep_sink", "deep_sink_pc"])
+def test_rotated_key_buffer_gives_the_same_rollout_as_rotating_on_read(mode):
+    from pipeline.policies import build_policy
+    model = tiny_model(seed=6)
+    text = text_embeds(1, model.config)
+    policy = build_policy(mode, local_attn_size=12, sink_size=3, budget=9, recent=4)
+    runs = [tiny_pipeline(model, policy=policy, rotated_key_buffer=flag).generate_seeded(text, 30, LATENT, seed=1)
+            for flag in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_same_seed_same_latents_and_different_seed_differs():
     pipe = tiny_pipeline()
     text = text_embeds(1, pipe.model.config)

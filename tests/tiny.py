@@ -28,11 +28,12 @@ def tiny_model(seed: int = 0, **overrides) -> CausalWanModel:
     return model.eval()
 
 
-def tiny_pipeline(model=None, local_attn_size=21, sink_size=0, rebase=True, policy=None):
+def tiny_pipeline(model=None, local_attn_size=21, sink_size=0, rebase=True, policy=None, rotated_key_buffer=True):
     """A rollout pipeline over a tiny model with the Self Forcing window policy."""
     model = model or tiny_model()
     policy = policy or SelfForcingWindow(local_attn_size=local_attn_size, sink_size=sink_size)
-    return CausalInferencePipeline(model, RolloutConfig(), policy, rebase=rebase)
+    return CausalInferencePipeline(model, RolloutConfig(), policy, rebase=rebase,
+                                   rotated_key_buffer=rotated_key_buffer)
 
 
 def text_embeds(batch: int, cfg: WanConfig, seed: int = 1, valid: int = 5) -> torch.Tensor:
