@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Deep Forcing text-to-video inference (upstream-compatible command line).
+
+parse -> check everything (no model loaded yet) -> skip finished videos -> load the models once -> for each prompt of
+this rank: generate, decode, write mp4 + JSON sidecar. See README.md for modes, outputs, multi-GPU and resuming.
+
+    python inference.py --demo                                  # tiny random model on CPU, no downloads
+    python inference.py --config_path configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml \
+        --data_path prompts/examples.txt --output_folder output/DS_PC
+    torchrun --nproc_per_node=8 inference.py ... model_kwargs.sink_size=12
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from utils.cli_config import MODES, REPO_ROOT, CLIError
+from utils.outputs import pending_slots, plan_outputs
+from utils.prompts import shard
+from utils.runtime import DistEnv, progress_enabled, setup_logging
+
+logger = logging.getLogger("inference")
+
+DEFAULT_FRAMES = 126                    # latent frames (501 video frames, ~31 s at 16 fps), as the released CLI
+DEFAULT_SEED = 1356145
+DEMO_FRAMES = 24                        # enough chunks to overflow the 21-frame window once
+DEMO_SIZE = ("height=64", "width=112")   # small frames so the tiny model runs in seconds on CPU
+DEFAULT_PROMPTS = REPO_ROOT / "prompts" / "examples.txt"
+DEMO_PROMPTS = REPO_ROOT / "prompts" / "demo.txt"
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_IO = 2, 130, 143, 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cluster pre-emption, torchrun shutdown), handled like Ctrl-C."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: upstream flags (same meaning and defaults) plus this project's."""
+    p = argparse.ArgumentParser(description="Deep Forcing: training-free long video generation (Wan2.1-T2V-1.3B, "
+                                "Self Forcing). Extra arguments key=value override config keys, e.g. "
+                                "model_kwargs.sink_size=12.")
+    up = p.add_argument_group("upstream flags")
+    up.add_argument("--config_path", default=None, help="YAML config (default: configs/default.yaml, sink 10)")
+    up.add_argument("--checkpoint_path", default=None, help="Self Forcing checkpoint (default "
+                    "checkpoints/self_forcing_dmd.pt, downloaded on first use)")
+    up.add_argument("--data_path", default=None, help="prompt file (one per line), folder of line_XXXX.txt files, "
+                    "or a quoted glob (default prompts/examples.txt)")
+    up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
+                    "instead of the prompt, which still names the file")
+    up.add_argument("--output_folder", default=None, help="where videos go (default output/, --demo: output/demo)")
+    up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
+                    f"size (default {DEFAULT_FRAMES} = {4 * DEFAULT_FRAMES - 3} video frames); the video has 4T-3")
+    up.add_argument("--use_ema", action="store_true", help="use the checkpoint's generator_ema weights")
+    up.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed; every prompt starts from it")
+    up.add_argument("--num_samples", type=int, default=1, help="videos per prompt, drawn as one batch")
+    up.add_argument("--save_with_index", action="store_true", help="name files {idx}-{sample}_{ema|regular}.mp4")
+    up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only; 0: Deep Sink + "
+                    "Participative Compression")
+    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (default 16)")
+    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (default 4)")
+    ours = p.add_argument_group("this project")
+    ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
+                      "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
+    ours.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda; cuda:LOCAL_RANK under "
+                      "torchrun; cpu with --demo)")
+    ours.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default bf16 on CUDA, "
+                      "fp32 on CPU")
+    ours.add_argument("--mode", default=None, choices=MODES, help="cache mode for ablations (default: the "
+                      "config's mode key, else from --is_ds_only)")
+    ours.add_argument("--demo", action="store_true", help="no weights needed: build a tiny random model and render "
+                      "the demo prompts on CPU in seconds (noise videos, real pipeline)")
+    ours.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
+    ours.add_argument("--no_download", action="store_true", help="never download model files (as HF_HUB_OFFLINE=1)")
+    ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
+    return p
+
+
+def fill_defaults(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """Defaults that depend on --demo; for --demo also write the tiny model into a temporary folder."""
+    from wan.loading import DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR
+    if args.demo:
+        from utils.fixtures import write_tiny_model
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deep_forcing_demo_")))
+        tiny = write_tiny_model(tmp)
+        args.wan_model_dir = args.wan_model_dir or str(tiny.model_dir)
+        args.checkpoint_path = args.checkpoint_path or str(tiny.checkpoint)
+        args.overrides = [*DEMO_SIZE, *args.overrides]  # the user's own overrides come later and win
+        args.no_download = True
+    args.wan_model_dir = args.wan_model_dir or DEFAULT_WAN_MODEL_DIR
+    args.checkpoint_path = args.checkpoint_path or DEFAULT_CHECKPOINT
+    args.data_path = args.data_path or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
+    args.output_folder = args.output_folder or ("output/demo" if args.demo else "output")
+    if args.num_output_frames is None:
+        args.num_output_frames = DEMO_FRAMES if args.demo else DEFAULT_FRAMES
+
+
+def run(settings) -> int:
+    """Render this rank's unfinished videos; returns the exit status."""
+    from utils.runner import VideoRunner
+    dist = settings.dist
+    plan = plan_outputs(settings.jobs, settings.output_folder, settings.num_samples, settings.save_with_index,
+                        settings.use_ema)
+    mine = shard(settings.jobs, dist.rank, dist.world_size)
+    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite)
+    logger.info("%d prompt(s) in total; this rank: %d video(s) already finished, %d prompt(s) to render -> %s",
+                len(settings.jobs), finished, len(todo), settings.output_folder)
+    if not todo:
+        return 0
+    progress = progress_enabled(dist)
+    runner = VideoRunner.load(settings, progress=progress)
+    written = []
+    try:
+        with logging_redirect_tqdm():
+            for job, slots in tqdm(todo, desc="prompts", unit="prompt", disable=not progress):
+                result = runner.render(job, slots)
+                written.extend(result.written)
+                for path in result.written:
+                    logger.info("wrote %s (%.1f s)", path, result.timings["total"])
+    except KeyboardInterrupt as exc:
+        logger.warning("%s: %d video(s) finished in this run, %d before; any partial file was removed. Rerun the "
+                       "same command to continue where it stopped.",
+                       "terminated" if isinstance(exc, Terminated) else "interrupted", len(written), finished)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:
+        logger.error("could not write the outputs (%s); %d video(s) finished in this run are complete. Fix the "
+                     "problem (disk space, permissions) and rerun the same command.", exc, len(written))
+        return EXIT_IO
+    logger.info("done: %d video(s) written, %d already finished", len(written), finished)
+    return 0
+
+
+def _raise_terminated(signum, frame):
+    """SIGTERM handler: unwind like Ctrl-C so partial files are removed."""
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2: bad input, 130: Ctrl-C, 143: SIGTERM)."""
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        dist = DistEnv.from_env()
+    except CLIError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    setup_logging(dist, args.log_level)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    from wan.loading import ModelFilesError
+    from utils.settings import resolve_settings
+    try:
+        with contextlib.ExitStack() as stack:
+            fill_defaults(args, stack)
+            settings = resolve_settings(args, dist)
+            return run(settings)
+    except (CLIError, ModelFilesError) as exc:
+        sys.stderr.write("error: " + " ".join(str(exc).split()) + "\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        logger.warning("stopped before any video was started")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared test fixtures: a tiny Wan model folder + checkpoint in the real formats, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """(model_dir, checkpoint) of a tiny model written once per test session."""
+    from utils.fixtures import write_tiny_model
+    tiny = write_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    return tiny.model_dir, tiny.checkpoint
+
+
+def make_cli_env(**extra) -> dict:
+    """Environment for CLI subprocesses: offline, no progress bars, no torchrun variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.pop("PYTHONPATH", None)
+    env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def cli_env():
+    """``cli_env(**extra)`` -> environment dict for CLI subprocesses (offline, no bars, one thread)."""
+    return make_cli_env
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``inference.py`` with arguments in ``tmp_path``; returns the CompletedProcess (text)."""
+    def run(*args, cwd=None, env=None, timeout=300):
+        """Run inference.py with these arguments."""
+        cmd = [sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)]
+        return subprocess.run(cmd, cwd=cwd or tmp_path, env=env or make_cli_env(), capture_output=True, text=True,
+                              timeout=timeout)
+    return run

@@ -1,0 +1,228 @@
+"""Output files: upstream-compatible names made safe for any file system, atomic writes, and resume checks.
+
+A video counts as finished only when both ``name.mp4`` and its sidecar ``name.json`` exist and the sidecar's
+``request`` equals what this run would make. Files are first written to ``.name.mp4.part`` / ``.name.json.part`` in
+the same folder, flushed to disk, then renamed; the video is renamed before the sidecar is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .cli_config import CLIError
+from .prompts import PromptJob
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 255                      # file-name limit of ext4, xfs, btrfs, APFS, NTFS (UTF-16 units >= bytes/3)
+UNSAFE_CHARS = set('/\\<>:"|?*')          # path separators and characters Windows/SMB/exFAT reject
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+PART_PREFIX, PART_SUFFIX = ".", ".part"
+LONGEST_EXTENSION = ".json"
+PROMPT_NAME_CHARS = 100                   # upstream: {prompt[:100]}-{sample}.mp4
+
+
+def sanitize(text: str) -> str:
+    """Make ``text`` usable as (part of) a file name: no separators, control or format characters, no edge dots."""
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if ch in UNSAFE_CHARS:
+            out.append("_")
+        elif cat in ("Cc", "Zl", "Zp"):
+            out.append(" ")               # newlines, tabs, other controls
+        elif cat == "Cf":
+            continue                      # zero-width and bidi-override characters
+        else:
+            out.append(ch)
+    name = "".join(out).strip().rstrip(". ")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name or "_"
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """Longest prefix of ``text`` whose UTF-8 encoding fits ``max_bytes`` (never splits a character)."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", errors="ignore").rstrip(". ")
+
+
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail`` with the stem shortened so that every derived name (sidecar, .part) fits MAX_NAME_BYTES."""
+    overhead = len((PART_PREFIX + tail + LONGEST_EXTENSION + PART_SUFFIX).encode("utf-8"))
+    name = truncate_utf8(stem, MAX_NAME_BYTES - overhead) + tail
+    if name.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED:
+        name = "_" + name
+    return name
+
+
+def base_name(job: PromptJob, sample: int, save_with_index: bool, use_ema: bool, tag: str = "") -> str:
+    """File name without extension: ``{prompt[:100]}-{sample}`` or ``{idx}-{sample}_{ema|regular}`` (made safe)."""
+    if save_with_index:
+        return f"{job.line}{tag}-{sample}_{'ema' if use_ema else 'regular'}"
+    return _fit(sanitize(job.prompt[:PROMPT_NAME_CHARS]), f"{tag}-{sample}")
+
+
+@dataclass(frozen=True)
+class OutputSlot:
+    """Where one sample of one prompt goes."""
+
+    video: Path
+    sample: int
+
+    @property
+    def sidecar(self) -> Path:
+        """The JSON sidecar next to the video."""
+        return self.video.with_suffix(".json")
+
+    def parts(self) -> tuple[Path, Path]:
+        """Temporary names of the video and the sidecar while they are written."""
+        return part_path(self.video), part_path(self.sidecar)
+
+
+def part_path(path: Path) -> Path:
+    """The temporary name ``.name.part`` of ``path`` in the same folder."""
+    return path.with_name(PART_PREFIX + path.name + PART_SUFFIX)
+
+
+def plan_outputs(jobs: list[PromptJob], output_folder: Path, num_samples: int, save_with_index: bool,
+                 use_ema: bool) -> dict[int, list[OutputSlot]]:
+    """Output slots of every job (keyed by job.index). Plan over ALL jobs so every rank derives the same names.
+
+    Prompts whose names collide in one folder (same first 100 characters, compared case-insensitively) get
+    ``~{idx}`` after the prompt part, the first one keeping the upstream name.
+    """
+    taken: set[tuple[str, str]] = set()
+    plan: dict[int, list[OutputSlot]] = {}
+    for job in jobs:
+        folder = output_folder / job.group if job.group else output_folder
+        tag = ""
+        while True:
+            names = [base_name(job, s, save_with_index, use_ema, tag) for s in range(num_samples)]
+            keys = [(job.group, n.casefold()) for n in names]
+            if not any(k in taken for k in keys):
+                break
+            tag = f"~{job.line}" if not tag else tag + "~"
+        if tag:
+            logger.info("prompt %d (%s line %d) shares its name with an earlier prompt; writing %s.mp4", job.index,
+                        job.source, job.line + 1, names[0])
+        taken.update(keys)
+        plan[job.index] = [OutputSlot(folder / f"{n}.mp4", s) for s, n in enumerate(names)]
+    return plan
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """The sidecar's content, or None when missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def normalize(data: dict) -> dict:
+    """JSON round trip (tuples -> lists, keys -> str) so requests compare like their stored form."""
+    return json.loads(json.dumps(data))
+
+
+def check_finished(slot: OutputSlot, request: dict) -> tuple[bool, str]:
+    """(finished, why not). Finished = video and sidecar exist and the sidecar's request equals ``request``."""
+    if not slot.video.is_file() or slot.video.stat().st_size == 0:
+        return False, "no video yet"
+    side = read_sidecar(slot.sidecar)
+    if side is None:
+        return False, "video without sidecar (an interrupted write)"
+    stored, wanted = side.get("request", {}), normalize(request)
+    if stored != wanted:
+        diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        return False, f"made with different settings ({', '.join(diff)})"
+    return True, ""
+
+
+def pending_slots(jobs: list[PromptJob], plan: dict[int, list[OutputSlot]],
+                  request: Callable[[PromptJob, int], dict], overwrite: bool = False
+                  ) -> tuple[list[tuple[PromptJob, list[OutputSlot]]], int]:
+    """(job, unfinished slots) pairs of ``jobs`` and the number of finished videos skipped.
+
+    Leftover ``.part`` files of these slots (a killed run) are deleted first; ``request(job, sample)`` is what each
+    finished sidecar must match; ``overwrite`` makes every slot pending.
+    """
+    todo, finished = [], 0
+    for job in jobs:
+        pending = []
+        for slot in plan[job.index]:
+            for p in remove_parts(slot):
+                logger.info("removed the partial file %s left by an interrupted run", p)
+            done, why = check_finished(slot, request(job, slot.sample))
+            if done and not overwrite:
+                finished += 1
+                continue
+            if slot.video.exists() and not done:
+                logger.info("redoing %s: %s", slot.video, why)
+            pending.append(slot)
+        if pending:
+            todo.append((job, pending))
+    return todo, finished
+
+
+def remove_parts(slot: OutputSlot) -> list[Path]:
+    """Delete leftover temporary files of ``slot`` (from a killed run); returns what was removed."""
+    removed = []
+    for p in slot.parts():
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk where the OS allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success flush and rename it to ``final``, else delete it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(final)
+    try:
+        yield part
+        with open(part, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(part, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as indented UTF-8 JSON to ``path`` atomically."""
+    with atomic_path(path) as part:
+        part.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there; raise CLIError otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_", delete=True) as fh:
+            fh.write(b"ok")
+            fh.flush()
+    except OSError as exc:
+        raise CLIError(f"The output folder {folder} is not writable ({exc.strerror or exc}). Pass "
+                       f"--output_folder with a folder you can write to.") from None
