@@ -145,20 +145,6 @@ def fifo_keep_index(kv: KVCache, layer: int, sink_frames: int, window_frames: in
     return torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
 
 
-def evict_after_sink(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> int:
-    """FIFO eviction of the oldest non-sink frames so that context + new chunk fits ``window_frames``.
-
-    Returns the number of frames evicted (0 when it fits).
-    """
-    cache = kv.layers[layer]
-    idx = fifo_keep_index(kv, layer, sink_frames, window_frames)
-    if idx is None:
-        return 0
-    before = cache.n
-    cache.keep(idx)
-    return (before - cache.n) // kv.chunk.tokens_per_frame
-
-
 @dataclass
 class SelfForcingWindow(CachePolicy):
     """Self Forcing's cache (SPEC 4.1): FIFO eviction of non-sink frames, positions never move."""
@@ -167,18 +153,23 @@ class SelfForcingWindow(CachePolicy):
 
     def on_new_chunk(self, kv: KVCache, layer: int) -> None:
         """Evict the oldest non-sink frames when the new chunk would overflow the window."""
+        self._evict(kv, layer)
+
+    def _evict(self, kv: KVCache, layer: int) -> bool:
+        """FIFO eviction after the sink (traced as "evict"); False when the chunk fits and nothing happened."""
         cache = kv.layers[layer]
         idx = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
         if idx is None:
-            return
+            return False
         before = cache.n
         cache.keep(idx)
         self._emit(kv, layer, "evict", kept=idx, tokens_before=before,
                    evicted_frames=(before - cache.n) // kv.chunk.tokens_per_frame)
+        return True
 
 
 @dataclass
-class DeepSink(CachePolicy):
+class DeepSink(SelfForcingWindow):
     """Deep Sink (SPEC 4.2): FIFO eviction after a large sink, and the sink's time positions follow the window.
 
     At every eviction (context + new chunk > L) sink frame j gets time index ``f - L + j``, so the sink occupies
@@ -196,15 +187,8 @@ class DeepSink(CachePolicy):
 
     def on_new_chunk(self, kv: KVCache, layer: int) -> None:
         """FIFO-evict when the chunk would overflow, then move the sink to ``[f - L, f - L + S)``."""
-        cache = kv.layers[layer]
-        idx = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
-        if idx is None:
-            return
-        before = cache.n
-        cache.keep(idx)
-        self._emit(kv, layer, "evict", kept=idx, tokens_before=before,
-                   evicted_frames=(before - cache.n) // kv.chunk.tokens_per_frame)
-        self._place_sink(kv, layer, kv.chunk.start_frame - self.window_frames)
+        if self._evict(kv, layer):
+            self._place_sink(kv, layer, kv.chunk.start_frame - self.window_frames)
 
     def _place_sink(self, kv: KVCache, layer: int, start: int) -> None:
         """Give sink frame j the time index ``start + j`` (all its tokens) and trace a "realign" event."""

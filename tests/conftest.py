@@ -11,6 +11,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny models are dispatch-bound, and CI machines are small and shared."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """(model_dir, checkpoint) of a tiny model written once per test session."""

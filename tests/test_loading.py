@@ -11,14 +11,6 @@ from wan import loading
 from wan.loading import (ModelFilesError, check_model_files, load_generator, load_torch_file, resolve_path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine is shared: one intra-op thread is faster here than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -95,7 +95,7 @@ def _diffusers_twin(model):
         ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=cfg.cross_attn_norm,
         qk_norm="rms_norm_across_heads", eps=cfg.eps)
     converted = convert_wan_transformer_to_diffusers({k: v.clone() for k, v in model.state_dict().items()})
-    missing, unexpected = twin.load_state_dict(converted, strict=True), None
+    twin.load_state_dict(converted, strict=True)
     return twin.eval()
 
 

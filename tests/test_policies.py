@@ -7,12 +7,10 @@ from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
 from pipeline.kv_cache import KVCache
 from pipeline.policies import (CachePolicyError, DeepSink, ParticipativeCompression, SelfForcingWindow,
                                build_policy, select_mode, select_top)
-from wan.causal_model import CausalWanModel
-from wan.config import WanConfig
 from wan.rope import WanRope
 
-TINY = dict(dim=32, ffn_dim=64, freq_dim=16, text_dim=32, in_dim=16, out_dim=16, num_heads=2, num_layers=2,
-            text_len=16, patch_size=(1, 2, 2))
+from tiny import TINY, tiny_model
+
 LATENT = (16, 4, 4)  # C, H, W -> F = 4 tokens per frame
 F = 4
 H, D = 2, 16  # heads, head dim of the tiny model
@@ -28,26 +26,6 @@ POLICIES = {
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids pathological thread contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_model(seed=0):
-    """Random tiny CausalWanModel (biases and norms perturbed)."""
-    torch.manual_seed(seed)
-    model = CausalWanModel(WanConfig(**TINY))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
 def text(seed=1, batch=1):
     """Prompt embeddings [batch, text_len, text_dim], zero after 5 tokens."""
     e = torch.randn(batch, TINY["text_len"], TINY["text_dim"], generator=torch.Generator().manual_seed(seed))

@@ -11,22 +11,11 @@ import torch
 from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
 from pipeline.policies import build_policy
 from utils.scheduler import FlowMatchScheduler
-from wan.causal_model import CausalWanModel
-from wan.config import WanConfig
 
-TINY = dict(dim=32, ffn_dim=64, freq_dim=16, text_dim=32, in_dim=16, out_dim=16, num_heads=2, num_layers=2,
-            text_len=16, patch_size=(1, 2, 2))
+from tiny import TINY, tiny_model
+
 LATENT = (16, 4, 4)  # F = 4 tokens per frame
 B = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids pathological thread contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rot_time(x, t):
@@ -143,17 +132,6 @@ def naive_rollout(model, prompt, noise, seed, cache):
             model(x0, torch.zeros(1, B), text_kv, cache, start_frame=f)
             out[:, f:f + B] = x0
     return out
-
-
-def tiny_model(seed):
-    """Random tiny CausalWanModel (biases and norms perturbed)."""
-    torch.manual_seed(seed)
-    model = CausalWanModel(WanConfig(**TINY))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
 
 
 CASES = {

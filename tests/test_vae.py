@@ -12,14 +12,6 @@ from wan.loading import VAE_WEIGHTS_FILE, ModelFilesError
 from wan.vae import WanVAE, convert_wan_vae_state_dict, load_vae_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine is shared: one intra-op thread is faster here than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

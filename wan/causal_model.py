@@ -72,10 +72,10 @@ class CallGeometry:
     query_time: Rotation         # time rotation of the call's queries, relative to the cache's base
 
 
-class CausalSelfAttention(nn.Module):
-    """Self-attention over (cached context + this chunk), with QK RMSNorm and 3D RoPE."""
+class AttentionProjections(nn.Module):
+    """The q/k/v/o projections and QK RMSNorms of a Wan attention layer (original parameter names)."""
 
-    def __init__(self, cfg: WanConfig, rope: WanRope):
+    def __init__(self, cfg: WanConfig):
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.q = nn.Linear(cfg.dim, cfg.dim)
@@ -84,6 +84,13 @@ class CausalSelfAttention(nn.Module):
         self.o = nn.Linear(cfg.dim, cfg.dim)
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+
+class CausalSelfAttention(AttentionProjections):
+    """Self-attention over (cached context + this chunk), with QK RMSNorm and 3D RoPE."""
+
+    def __init__(self, cfg: WanConfig, rope: WanRope):
+        super().__init__(cfg)
         self.rope = rope
 
     def forward(self, x: torch.Tensor, geo: CallGeometry, layer: int,
@@ -103,18 +110,8 @@ class CausalSelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionProjections):
     """Text cross-attention; its keys/values depend only on the prompt (see ``project_text``)."""
-
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
     def project_text(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context [B, text_len, dim] -> k, v [B, text_len, H, D] (computed once per prompt)."""

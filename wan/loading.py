@@ -234,6 +234,18 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object
         f"corrupt, probably an interrupted download. Delete it and download it again.")
 
 
+
+def load_folder_state_dict(folder: Path, filename: str, what: str) -> dict:
+    """The state dict in ``folder/filename`` (a torch file); ModelFilesError when missing, corrupt or not a dict."""
+    weights = folder / filename
+    if not weights.is_file():
+        raise missing_file_error(folder, filename)
+    state = load_torch_file(weights, what)
+    if not isinstance(state, dict):
+        raise ModelFilesError(f"{weights} holds a {type(state).__name__}, not a state dict; re-download it with "
+                              f"`{wan_download_command(folder, filename)}`.")
+    return state
+
 def first_line(exc: BaseException, limit: int | None = 240) -> str:
     """First line of an exception message (its first sentence when longer than ``limit``), unquoted."""
     msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)

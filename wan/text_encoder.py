@@ -18,7 +18,7 @@ import re
 import torch
 
 from .loading import (CONFIG_FILE, T5_WEIGHTS_FILE, TOKENIZER_DIR, WAN_REPO_ID, ModelFilesError, display_path,
-                      first_line, load_torch_file, missing_file_error, read_wan_config, resolve_path,
+                      first_line, load_folder_state_dict, missing_file_error, read_wan_config, resolve_path,
                       wan_download_command)
 
 logger = logging.getLogger(__name__)
@@ -165,12 +165,7 @@ class WanTextEncoder:
                 f"`huggingface-cli download {WAN_REPO_ID} --include \"{TOKENIZER_DIR}/*\" "
                 f"--local-dir {display_path(folder)}`.") from None
         weights = folder / T5_WEIGHTS_FILE
-        if not weights.is_file():
-            raise missing_file_error(folder, T5_WEIGHTS_FILE)
-        state = load_torch_file(weights, "UMT5 encoder weights")
-        if not isinstance(state, dict):
-            raise ModelFilesError(f"{weights} holds a {type(state).__name__}, not a state dict; re-download it with "
-                                  f"`{wan_download_command(folder, T5_WEIGHTS_FILE)}`.")
+        state = load_folder_state_dict(folder, T5_WEIGHTS_FILE, "UMT5 encoder weights")
         home = "cpu" if offload else device
         model = build_umt5_encoder(state, dtype, home, source=str(weights))
         if model.config.d_model != dit_config.text_dim:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import (VAE_WEIGHTS_FILE, ModelFilesError, load_torch_file, missing_file_error, resolve_path,
-                      wan_download_command)
+from .loading import (VAE_WEIGHTS_FILE, ModelFilesError, load_folder_state_dict, resolve_path)
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +115,7 @@ class WanVAE:
         """Load ``Wan2.1_VAE.pth`` of a Wan model folder into ``AutoencoderKLWan`` (config from the repository)."""
         folder = resolve_path(model_dir)
         weights = folder / VAE_WEIGHTS_FILE
-        if not weights.is_file():
-            raise missing_file_error(folder, VAE_WEIGHTS_FILE)
-        state = load_torch_file(weights, "Wan VAE weights")
-        if not isinstance(state, dict):
-            raise ModelFilesError(f"{weights} holds a {type(state).__name__}, not a state dict; re-download it with "
-                                  f"`{wan_download_command(folder, VAE_WEIGHTS_FILE)}`.")
+        state = load_folder_state_dict(folder, VAE_WEIGHTS_FILE, "Wan VAE weights")
         config = load_vae_config(config_path)
         model = build_vae(state, config, dtype, device, source=str(weights))
         logger.info("loaded %s (AutoencoderKLWan base_dim=%d, %s on %s)", weights, model.config.base_dim, dtype, device)
