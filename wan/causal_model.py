@@ -15,6 +15,7 @@ import torch.nn as nn
 from .attention import attention
 from .config import WanConfig
 from .rope import Rotation, WanRope
+from .state_dict import compare_state_dicts
 
 
 class SelfAttentionCache(Protocol):
@@ -254,15 +255,12 @@ class CausalWanModel(nn.Module):
 
     def load_state_dict_strict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load with every key and shape checked; errors name the first missing/unexpected/mismatched keys."""
-        own = self.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
+        diff = compare_state_dicts(self.state_dict(), state_dict)
+        missing, unexpected, bad = diff.missing, diff.unexpected, diff.wrong_shape
         if missing or unexpected:
             raise KeyError(f"{source}: {len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected "
                            f"key(s) {unexpected[:5]} for CausalWanModel(dim={self.config.dim}, "
                            f"layers={self.config.num_layers}); the checkpoint does not match the model config")
-        bad = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
-               if tuple(state_dict[k].shape) != tuple(v.shape)]
         if bad:
             shown = ", ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in bad[:3])
             raise ValueError(f"{source}: {len(bad)} tensor(s) have the wrong shape ({shown}); the checkpoint was made "

@@ -20,6 +20,7 @@ import torch
 from .loading import (CONFIG_FILE, T5_WEIGHTS_FILE, TOKENIZER_DIR, WAN_REPO_ID, ModelFilesError, display_path,
                       first_line, load_folder_state_dict, missing_file_error, read_wan_config, resolve_path,
                       wan_download_command)
+from .state_dict import compare_state_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +114,11 @@ def build_umt5_encoder(state: dict[str, torch.Tensor], dtype: torch.dtype, devic
     mapped = {k: v.to(device=device, dtype=dtype) for k, v in map_wan_umt5_state_dict(state, source).items()}
     with torch.device("meta"):
         model = UMT5EncoderModel(cfg)
-    own = model.state_dict()
-    missing = [k for k in own if k not in mapped]
-    unexpected = [k for k in mapped if k not in own]
-    bad = [(k, tuple(mapped[k].shape), tuple(v.shape)) for k, v in own.items()
-           if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)]
-    if missing or unexpected or bad:
-        raise ModelFilesError(f"{source} does not form a complete UMT5 encoder: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}, wrong shapes {bad[:3]}. The file is damaged or not "
+    diff = compare_state_dicts(model.state_dict(), mapped)
+    if diff:
+        raise ModelFilesError(f"{source} does not form a complete UMT5 encoder: missing {diff.missing[:5]}, "
+                              f"unexpected {diff.unexpected[:5]}, wrong shapes {diff.wrong_shape[:3]}. The file is "
+                              f"damaged or not "
                               f"{T5_WEIGHTS_FILE}; re-download it.")
     model.load_state_dict(mapped, strict=True, assign=True)
     model.tie_weights()  # one embedding tensor, shared by shared.weight and encoder.embed_tokens.weight

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .loading import (VAE_WEIGHTS_FILE, ModelFilesError, load_folder_state_dict, resolve_path)
+from .state_dict import compare_state_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,12 @@ def build_vae(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype =
     mapped = convert_wan_vae_state_dict(state)
     with torch.device("meta"):
         model = AutoencoderKLWan(**config)
-    own = model.state_dict()
-    missing = [k for k in own if k not in mapped]
-    unexpected = [k for k in mapped if k not in own]
-    bad = [(k, tuple(mapped[k].shape), tuple(v.shape)) for k, v in own.items()
-           if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)]
-    if missing or unexpected or bad:
+    diff = compare_state_dicts(model.state_dict(), mapped)
+    if diff:
         raise ModelFilesError(
-            f"{source} does not match the Wan2.1 VAE architecture: {len(missing)} missing key(s) {missing[:5]}, "
-            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}, {len(bad)} wrong shape(s) {bad[:3]}. "
+            f"{source} does not match the Wan2.1 VAE architecture: {len(diff.missing)} missing key(s) "
+            f"{diff.missing[:5]}, {len(diff.unexpected)} unexpected key(s) {diff.unexpected[:5]}, "
+            f"{len(diff.wrong_shape)} wrong shape(s) {diff.wrong_shape[:3]}. "
             f"Use the {VAE_WEIGHTS_FILE} of Wan-AI/Wan2.1-T2V-1.3B (re-download it if it is damaged).")
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in mapped.items()}, strict=True, assign=True)
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
