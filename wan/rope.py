@@ -22,25 +22,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class Rotation:
-    """cos/sin of the angles of complex pairs ``[first_pair, first_pair + P)``, ready to apply to [B, n, H, D]."""
+    """Unit complex numbers of the angles of pairs ``[first_pair, first_pair + P)``, ready to apply to [B, n, H, D]."""
 
     def __init__(self, angles: torch.Tensor, first_pair: int, dtype: torch.dtype):
         if angles.dim() == 2:  # [n, P] -> [1, n, P]
             angles = angles.unsqueeze(0)
-        self.cos = torch.cos(angles).to(dtype).unsqueeze(2)  # [B|1, n, 1, P]
-        self.sin = torch.sin(angles).to(dtype).unsqueeze(2)
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        self.table = torch.polar(torch.ones_like(angles), angles).to(complex_dtype).unsqueeze(2)  # [B|1, n, 1, P]
+        self.dtype = dtype
         self.first_pair = first_pair
         self.num_pairs = angles.shape[-1]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotated copy of ``x`` [B, n, H, D]; channels outside the rotated pairs are copied unchanged."""
-        p0, p1 = self.first_pair, self.first_pair + self.num_pairs
         out = x.clone()
-        pairs = out.unflatten(-1, (-1, 2))  # view [B, n, H, D/2, 2]
-        seg = x.unflatten(-1, (-1, 2))[..., p0:p1, :].to(self.cos.dtype)
-        a, b = seg[..., 0], seg[..., 1]
-        pairs[..., p0:p1, 0] = (a * self.cos - b * self.sin).to(x.dtype)
-        pairs[..., p0:p1, 1] = (a * self.sin + b * self.cos).to(x.dtype)
+        seg = out.unflatten(-1, (-1, 2))[..., self.first_pair:self.first_pair + self.num_pairs, :]  # view into out
+        rotated = torch.view_as_complex(seg.to(self.dtype).contiguous()) * self.table
+        seg.copy_(torch.view_as_real(rotated))
         return out
 
 
