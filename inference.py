@@ -2,17 +2,22 @@
 """Deep Forcing text-to-video inference (upstream-compatible command line).
 
 parse -> check everything (no model loaded yet) -> skip finished videos -> load the models once -> for each prompt of
-this rank: generate, decode, write mp4 + JSON sidecar. See README.md for modes, outputs, multi-GPU and resuming.
+this rank: generate chunk by chunk, decoding each chunk and appending it to the mp4 at once (a prompt schedule or
+stdin may switch the prompt between chunks), then the JSON sidecar. See README.md for modes, outputs, multi-GPU,
+resuming and long videos.
 
     python inference.py --demo                                  # tiny random model on CPU, no downloads
     python inference.py --config_path configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml \
         --data_path prompts/examples.txt --output_folder output/DS_PC
     torchrun --nproc_per_node=8 inference.py ... model_kwargs.sink_size=12
+    python inference.py --prompt_schedule story.jsonl --seconds 60   # one video, prompt changing over time
+    python inference.py --interactive --endless --data_path opening.txt   # type prompts while it renders
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -22,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utils.cli_config import MODES, REPO_ROOT, CLIError
+from utils.cli_config import MODES, NOISE_ORDERS, REPO_ROOT, CLIError
 from utils.outputs import pending_slots, plan_outputs
 from utils.prompts import shard
 from utils.runtime import DistEnv, progress_enabled, setup_logging
@@ -80,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
     ours.add_argument("--no_download", action="store_true", help="never download model files (as HF_HUB_OFFLINE=1)")
     ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    long = p.add_argument_group("long videos and prompt switches")
+    long.add_argument("--seconds", type=float, default=None, help="video length in seconds instead of "
+                      "--num_output_frames: the smallest multiple T of the chunk size with 4T-3 >= seconds * fps")
+    long.add_argument("--noise_order", default=None, choices=NOISE_ORDERS, help="upstream (default): draw the whole "
+                      "initial noise first, as the released code (same seed, same video); chunked: draw each "
+                      "chunk's noise just before it (memory fully independent of length, needed by --endless; "
+                      "different random numbers)")
+    long.add_argument("--save_latents", action="store_true", help="also save each video's latents as name.pt "
+                      "next to name.mp4")
+    long.add_argument("--prompt_schedule", default=None, metavar="FILE", help="one video whose prompt changes over "
+                      "time: .jsonl ({\"start\": seconds, \"prompt\": ...} per line) or .yaml (a list of {start, "
+                      "prompt}); the first entry starts at 0. Not with --data_path")
+    long.add_argument("--interactive", action="store_true", help="read new prompts from stdin while rendering: "
+                      "before each chunk the newest line typed becomes the prompt; a line '/stop' ends the video")
+    long.add_argument("--endless", action="store_true", help="with --interactive: no fixed length, render until "
+                      "'/stop' or the end of stdin (uses --noise_order chunked)")
+    long.add_argument("--recache_on_switch", action="store_true", help="at a prompt switch, recompute the cached "
+                      "keys/values of the frames still in the cache under the new prompt (LongLive-style); default: "
+                      "keep them (training-free)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
     return p
 
@@ -97,31 +121,67 @@ def fill_defaults(args: argparse.Namespace, stack: contextlib.ExitStack) -> None
         args.no_download = True
     args.wan_model_dir = args.wan_model_dir or DEFAULT_WAN_MODEL_DIR
     args.checkpoint_path = args.checkpoint_path or DEFAULT_CHECKPOINT
-    args.data_path = args.data_path or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
+    if args.prompt_schedule is None:
+        args.data_path = args.data_path or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
     args.output_folder = args.output_folder or ("output/demo" if args.demo else "output")
-    if args.num_output_frames is None:
+    if args.num_output_frames is None and args.seconds is None and not args.endless:
         args.num_output_frames = DEMO_FRAMES if args.demo else DEFAULT_FRAMES
 
 
-def run(settings) -> int:
-    """Render this rank's unfinished videos; returns the exit status."""
-    from utils.runner import VideoRunner
-    dist = settings.dist
-    plan = plan_outputs(settings.jobs, settings.output_folder, settings.num_samples, settings.save_with_index,
+def output_plan(settings) -> dict:
+    """Output slots per job index: named by prompt, or for a schedule by the schedule file's name."""
+    if settings.schedule is not None:
+        naming = dataclasses.replace(settings.jobs[0], prompt=settings.schedule.path.stem)
+        return {0: plan_outputs([naming], settings.output_folder, settings.num_samples, settings.save_with_index,
+                                settings.use_ema)[0]}
+    return plan_outputs(settings.jobs, settings.output_folder, settings.num_samples, settings.save_with_index,
                         settings.use_ema)
+
+
+def add_missing_latents(mine, plan, todo, settings) -> tuple[list, int]:
+    """With --save_latents, finished videos without their latents file are rendered again; returns (todo, redone)."""
+    from utils.streaming import latents_path, remove_stale_latents_part
+    pending = {job.index: slots for job, slots in todo}
+    redo = 0
+    for job in mine:
+        for slot in plan[job.index]:
+            if remove_stale_latents_part(slot):
+                logger.info("removed the partial latents file of %s left by an interrupted run", slot.video)
+            if settings.save_latents and slot not in pending.get(job.index, []) and not latents_path(slot).exists():
+                logger.info("redoing %s: --save_latents asks for %s", slot.video, latents_path(slot).name)
+                pending.setdefault(job.index, []).append(slot)
+                redo += 1
+    order = {job.index: job for job in mine}
+    return [(order[i], sorted(pending[i], key=lambda sl: sl.sample)) for i in sorted(pending)], redo
+
+
+def run(settings, runner=None, stdin=None) -> int:
+    """Render this rank's unfinished videos; returns the exit status (``runner``/``stdin``: for tests)."""
+    from utils.runner import VideoRunner
+    from utils.switching import LivePrompts
+    dist = settings.dist
+    plan = output_plan(settings)
     mine = shard(settings.jobs, dist.rank, dist.world_size)
-    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite)
+    # An interactive video depends on what is typed: it is never "already finished", it is made again.
+    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite or settings.interactive)
+    todo, redo = add_missing_latents(mine, plan, todo, settings)
+    finished -= redo
     logger.info("%d prompt(s) in total; this rank: %d video(s) already finished, %d prompt(s) to render -> %s",
                 len(settings.jobs), finished, len(todo), settings.output_folder)
     if not todo:
         return 0
     progress = progress_enabled(dist)
-    runner = VideoRunner.load(settings, progress=progress)
+    runner = runner or VideoRunner.load(settings, progress=progress)
+    live = None
+    if settings.interactive:
+        live = LivePrompts(stdin)
+        logger.info("interactive: type a prompt and press Enter to switch before the next chunk; '/stop' ends the "
+                    "video%s", " (end of input too)" if settings.endless else "")
     written = []
     try:
         with logging_redirect_tqdm():
             for job, slots in tqdm(todo, desc="prompts", unit="prompt", disable=not progress):
-                result = runner.render(job, slots)
+                result = runner.render(job, slots, live=live)
                 written.extend(result.written)
                 for path in result.written:
                     logger.info("wrote %s (%.1f s)", path, result.timings["total"])
@@ -154,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(dist, args.log_level)
     signal.signal(signal.SIGTERM, _raise_terminated)
     from wan.loading import ModelFilesError
-    from utils.settings import resolve_settings
+    from utils.settings import check_flags, resolve_settings
     try:
         with contextlib.ExitStack() as stack:
+            check_flags(args, dist)
             fill_defaults(args, stack)
             settings = resolve_settings(args, dist)
             return run(settings)

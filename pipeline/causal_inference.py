@@ -144,7 +144,7 @@ class CausalInferencePipeline:
         model, B = self.model, self.config.num_frame_per_block
         if isinstance(noise, torch.Tensor):
             noise = TensorNoise(noise)
-        batch, T, (C, H, W) = noise.batch, noise.num_frames, noise.latent_shape
+        batch, T, (_, H, W) = noise.batch, noise.num_frames, noise.latent_shape
         if T is not None and T % B:
             raise ValueError(f"{T} latent frames is not a multiple of num_frame_per_block={B}")
         if prompt_embeds.shape[0] != batch:
@@ -156,40 +156,52 @@ class CausalInferencePipeline:
         text_kv = model.encode_text(prompt_embeds.to(model.device))
         clean = CleanLatentStore() if recache else None
         device = model.device
-        ts = self.timesteps.to(device)
         num_chunks = None if T is None else T // B
         chunk_indices = range(num_chunks) if num_chunks is not None else _count()
         bar = tqdm(chunk_indices, total=num_chunks, desc="chunks", unit="chunk", disable=not self.progress,
                    leave=False)
-        for i in bar:
-            f = i * B
-            if prompt_switch is not None and i > 0:
-                new_prompt = prompt_switch(i, f)
-                if new_prompt is not None:
-                    text_kv = model.encode_text(new_prompt.to(device))
-                    if clean is not None:
-                        recache_kv(model, kv, text_kv, clean, self.config.context_noise)
-            kv.begin_chunk(f, B)
-            xt = noise.frames(f, B).to(device)
-            x0 = None
-            for j in range(len(ts)):
-                t = ts[j].expand(batch, B)  # [batch, B] float32
-                flow = model(xt, t, text_kv, kv, start_frame=f)
-                x0 = self.scheduler.flow_to_x0(flow.flatten(0, 1), xt.flatten(0, 1).to(flow.dtype),
-                                               t.flatten()).unflatten(0, (batch, B))
-                if j + 1 < len(ts):
-                    eps = renoise((batch * B, C, H, W), x0.dtype, device)
-                    t_next = ts[j + 1].expand(batch * B)
-                    xt = self.scheduler.add_noise(x0.flatten(0, 1), eps, t_next).unflatten(0, (batch, B))
-            clean_t = torch.full((batch, B), float(self.config.context_noise), device=device)
-            model(x0, clean_t, text_kv, kv, start_frame=f)
-            if clean is not None:
-                mark_token_slots(kv)
-            kv.commit()
-            if clean is not None:
-                clean.add(f, x0)
-                clean.prune(kv)
-            yield i, f, x0
+        try:
+            for i in bar:
+                f = i * B
+                if prompt_switch is not None and i > 0:
+                    new_prompt = prompt_switch(i, f)
+                    if new_prompt is not None:
+                        text_kv = model.encode_text(new_prompt.to(device))
+                        if clean is not None:
+                            recache_kv(model, kv, text_kv, clean, self.config.context_noise)
+                kv.begin_chunk(f, B)
+                x0 = self._denoise_chunk(kv, text_kv, noise.frames(f, B).to(device), f, renoise)
+                if clean is not None:
+                    mark_token_slots(kv)
+                kv.commit()
+                if clean is not None:
+                    clean.add(f, x0)
+                    clean.prune(kv)
+                yield i, f, x0
+        finally:
+            bar.close()
+
+    def _denoise_chunk(self, kv: KVCache, text_kv: list, xt: torch.Tensor, f: int,
+                       renoise: NoiseSource) -> torch.Tensor:
+        """Few-step denoising of one chunk from noise xt [B, n, C, H, W], then the clean pass that fills the cache.
+
+        Returns x0 of the last step [B, n, C, H, W]; re-noise draws happen after every non-final step, in order.
+        """
+        model, ts = self.model, self.timesteps.to(self.model.device)
+        batch, n = xt.shape[:2]
+        x0 = xt
+        for j in range(len(ts)):
+            t = ts[j].expand(batch, n)  # [batch, n] float32
+            flow = model(xt, t, text_kv, kv, start_frame=f)
+            x0 = self.scheduler.flow_to_x0(flow.flatten(0, 1), xt.flatten(0, 1).to(flow.dtype),
+                                           t.flatten()).unflatten(0, (batch, n))
+            if j + 1 < len(ts):
+                eps = renoise((batch * n, *xt.shape[2:]), x0.dtype, xt.device)
+                xt = self.scheduler.add_noise(x0.flatten(0, 1), eps, ts[j + 1].expand(batch * n)).unflatten(
+                    0, (batch, n))
+        clean_t = torch.full((batch, n), float(self.config.context_noise), device=xt.device)
+        model(x0, clean_t, text_kv, kv, start_frame=f)
+        return x0
 
     def generate(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
                  renoise: NoiseSource | torch.Generator, callback: ChunkCallback | None = None,

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 MODES = ("self_forcing", "deep_sink", "deep_sink_pc")
+NOISE_ORDERS = ("upstream", "chunked")   # pipeline.seeded_noise: all initial noise first, or chunk by chunk
 
 
 class CLIError(Exception):

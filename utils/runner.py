@@ -1,10 +1,13 @@
-"""Models loaded once, then one prompt at a time: encode -> rollout -> decode -> write mp4 + sidecar.
+"""Models loaded once, then one prompt at a time: encode -> chunk by chunk (generate, decode, append) -> sidecar.
 
-``VideoRunner.render(job, slots)`` is the per-prompt step; its parts (``encode``, ``rollout``, ``decode``,
-``write``) are separate methods so that streaming output or prompt schedules can replace one of them.
+``VideoRunner.render(job, slots)`` is the per-prompt step. Every chunk's latents are decoded with the VAE's streaming
+decoder and appended to each sample's mp4 right away (``utils.streaming``), so memory does not grow with the length
+of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
+chunks (``utils.switching``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import logging
@@ -14,8 +17,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -27,15 +30,19 @@ from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
 from .cli_config import REPO_ROOT, CLIError
-from .outputs import OutputSlot, atomic_path, write_json_atomic
+from .outputs import OutputSlot, write_json_atomic
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
-from .video import CODEC, DEFAULT_CRF, PIXEL_FORMAT, Mp4Writer, to_uint8
+from .streaming import SampleOutput
+from .switching import LivePrompts, PromptSwitcher
+from .video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, chunk_keyframes
 
 logger = logging.getLogger(__name__)
 
 DEBUG_FRAME_DELAY_ENV = "DEEP_FORCING_DEBUG_FRAME_DELAY"  # tests: seconds to sleep after each written frame
+# (chunk index, first latent frame, the outputs, uint8 frames [m, H, W, 3] just written to each) -> None
+ChunkHook = Callable[[int, int, list, list], None]
 PACKAGES = ("deep-forcing", "torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "numpy",
             "imageio", "imageio-ffmpeg", "flash-attn")
 
@@ -115,89 +122,133 @@ class VideoRunner:
         if self.settings.device.type == "cuda":
             torch.cuda.synchronize(self.settings.device)
 
-    def encode(self, job: PromptJob) -> torch.Tensor:
-        """Prompt embeddings [num_samples, text_len, text_dim] of the job's text (encoded once, repeated)."""
-        embeds = self.text_encoder.encode([job.text])  # [1, text_len, text_dim]
+    def encode_text(self, text: str) -> torch.Tensor:
+        """Prompt embeddings [num_samples, text_len, text_dim] of ``text`` (encoded once, repeated)."""
+        embeds = self.text_encoder.encode([text])  # [1, text_len, text_dim]
         return embeds.to(self.settings.device).expand(self.settings.num_samples, *embeds.shape[1:])
 
-    def rollout(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Latents [num_samples, T, C, h, w], seeded as upstream (every prompt starts from --seed)."""
+    def encode(self, job: PromptJob) -> torch.Tensor:
+        """Prompt embeddings [num_samples, text_len, text_dim] of the job's text."""
+        return self.encode_text(job.text)
+
+    def switcher(self, job: PromptJob, live: LivePrompts | None, timings: dict) -> PromptSwitcher | None:
+        """The prompt-switch callback of one video (None when prompts cannot change)."""
         s = self.settings
-        B = s.rollout.num_frame_per_block
-        bar = tqdm(total=s.num_video_frames, desc="frames", unit="frame", leave=False, disable=not self.progress)
+        if s.schedule is None and live is None:
+            return None
 
-        def on_chunk(i: int, f: int, x0: torch.Tensor) -> None:
-            """Advance the frame bar by the video frames chunk i decodes to."""
-            if self.progress:
-                self._sync()
-            tf = s.vae_temporal
-            bar.update(tf * (B - 1) + 1 if f == 0 else tf * B)
-
-        try:
-            latents = self.pipeline.generate_seeded(embeds, s.num_output_frames, self.latent_shape, s.seed,
-                                                    callback=on_chunk)
+        def encode(text: str) -> torch.Tensor:
+            """Encode a prompt switched to (timed apart from the rollout)."""
+            t0 = time.perf_counter()
+            embeds = self.encode_text(text)
             self._sync()
-        finally:
-            bar.close()
-        return latents
+            timings["switch_text_encoder"] = timings.get("switch_text_encoder", 0.0) + time.perf_counter() - t0
+            return embeds
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """One sample's latents [1, T, C, h, w] -> uint8 frames [4T-3, H, W, 3]."""
-        frames = self.vae.decode(latents)  # [1, 4T-3, 3, H, W] in [-1, 1]
-        return to_uint8(frames[0])
+        return PromptSwitcher(s.clock, encode, job.text, schedule=s.schedule, live=live, endless=s.endless)
 
-    def write_video(self, slot: OutputSlot, frames: np.ndarray) -> None:
-        """Write the mp4 under a temporary name, renamed when complete (the sidecar follows, see ``render``)."""
+    def outputs(self, slots: list[OutputSlot]) -> list[SampleOutput]:
+        """One streaming output per slot; every chunk starts a fragment with a key frame."""
         s = self.settings
-        with atomic_path(slot.video) as part:
-            with Mp4Writer(part, s.width, s.height, s.fps, on_frame=self._on_frame) as writer:
-                writer.append(frames)
+        clock = s.clock
+        keyframes = chunk_keyframes(clock.video_frame(1), clock.temporal * clock.chunk_latents)
+        return [SampleOutput(slot, self.vae, s.width, s.height, s.fps, keyframes=keyframes,
+                             keep_latents=s.save_latents, on_frame=self._on_frame) for slot in slots]
 
-    def sidecar(self, job: PromptJob, slot: OutputSlot, timings: dict) -> dict:
+    def sidecar(self, job: PromptJob, slot: OutputSlot, timings: dict, latent_frames: int,
+                switcher: PromptSwitcher | None, latents: Path | None) -> dict:
         """The JSON record stored next to a video."""
         s = self.settings
         rollout_s = timings.get("rollout", 0.0)
+        frames = s.vae_temporal * (latent_frames - 1) + 1
+        schedule = None if s.schedule is None else {"file": str(s.schedule.path), "entries": s.schedule.to_list()}
         return {
             "video": slot.video.name,
             "prompt": job.prompt,
             "extended_prompt": job.extended_prompt,
             "source": {"file": str(job.source), "line": job.line + 1, "index": job.index},
-            "seed": s.seed, "sample": slot.sample, "num_samples": s.num_samples,
+            "seed": s.seed, "sample": slot.sample, "num_samples": s.num_samples, "noise_order": s.noise_order,
             "mode": s.mode, "cache": s.cache, "rollout": s.request(job, slot.sample)["rollout"],
-            "num_latent_frames": s.num_output_frames, "num_frames": s.num_video_frames, "fps": s.fps,
-            "duration_s": round(s.num_video_frames / s.fps, 3), "height": s.height, "width": s.width,
-            "codec": CODEC, "pixel_format": PIXEL_FORMAT, "crf": DEFAULT_CRF,
+            "num_latent_frames": latent_frames, "num_frames": frames, "fps": s.fps,
+            "duration_s": round(frames / s.fps, 3), "seconds_requested": s.seconds, "endless": s.endless,
+            "height": s.height, "width": s.width,
+            "codec": CODEC, "pixel_format": PIXEL_FORMAT, "crf": DEFAULT_CRF, "container": CONTAINER,
+            "x264_tune": TUNE,
+            "prompt_schedule": schedule, "interactive": s.interactive,
+            "recache_on_switch": s.recache_on_switch if s.switches_possible else None,
+            "prompt_switches": switcher.switches if switcher is not None else [],
+            "stopped_early": bool(switcher is not None and switcher.stopped),
+            "latents": latents.name if latents is not None else None,
             "checkpoint": str(s.checkpoint), "use_ema": s.use_ema, "wan_model_dir": str(s.model_dir),
             "config_path": s.config_path, "config": s.config,
             "device": str(s.device), "dtype": dtype_name(s.dtype), "rank": s.dist.rank, "world_size": s.dist.world_size,
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "generation_fps": round(s.num_samples * s.num_video_frames / rollout_s, 3) if rollout_s else None,
+            "generation_fps": round(s.num_samples * frames / rollout_s, 3) if rollout_s else None,
             "versions": self.versions,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "request": s.request(job, slot.sample),
         }
 
-    def render(self, job: PromptJob, slots: list[OutputSlot]) -> RenderResult:
-        """Generate all samples of ``job`` as one batch and write those in ``slots`` (the unfinished ones)."""
+    def render(self, job: PromptJob, slots: list[OutputSlot], live: LivePrompts | None = None,
+               on_chunk: ChunkHook | None = None) -> RenderResult:
+        """Generate all samples of ``job`` as one batch, streaming those in ``slots`` (the unfinished ones) to disk.
+
+        After every chunk each slot's new frames are decoded and appended to its mp4 as one fragment; ``on_chunk(i,
+        f, outputs, frames)`` is then called (``frames``: the uint8 frames of each output). ``live`` supplies prompts
+        typed during the video. Videos are renamed into place at the end, then latents (``--save_latents``) and
+        sidecars are written, the sidecar last.
+        """
+        s = self.settings
         result = RenderResult(job)
         t = result.timings
         t0 = time.perf_counter()
         embeds = self.encode(job)
         self._sync()
         t["text_encoder"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        latents = self.rollout(embeds)
-        t["rollout"] = time.perf_counter() - t1
-        for slot in slots:
-            t2 = time.perf_counter()
-            frames = self.decode(latents[slot.sample:slot.sample + 1])
-            self._sync()
-            t["decode"] = time.perf_counter() - t2
-            t3 = time.perf_counter()
-            self.write_video(slot, frames)
-            t["write"] = time.perf_counter() - t3
+        t.update(rollout=0.0, decode=0.0, write=0.0)
+        switcher = self.switcher(job, live, t)
+        noise, source = self.pipeline.seeded_noise(s.num_samples, s.num_output_frames, self.latent_shape, s.seed,
+                                                   s.noise_order)
+        B = s.rollout.num_frame_per_block
+        num_chunks = None if s.endless else s.num_output_frames // B
+        latent_frames = 0
+        outputs = self.outputs(slots)
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(tqdm(total=s.num_video_frames, desc="frames", unit="frame", leave=False,
+                                           disable=not self.progress))
+            for out in outputs:
+                stack.enter_context(out)
+            chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher,
+                                               recache=s.recache_on_switch)
+            stack.callback(chunks.close)
+            tick = time.perf_counter()
+            for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]
+                self._sync()
+                t["rollout"] += time.perf_counter() - tick
+                written = []
+                for out in outputs:
+                    dt_decode, dt_write, frames = out.add_chunk(x0[out.sample:out.sample + 1])
+                    t["decode"] += dt_decode
+                    t["write"] += dt_write
+                    written.append(frames)
+                latent_frames = f + x0.shape[1]
+                if i == 0:
+                    t["first_chunk"] = time.perf_counter() - t0
+                bar.update(s.clock.video_frame(i + 1) - s.clock.video_frame(i))
+                if on_chunk is not None:
+                    on_chunk(i, f, outputs, written)
+                more = num_chunks is None or i + 1 < num_chunks
+                if not more or (switcher is not None and not switcher.prepare(i + 1)):
+                    break
+                tick = time.perf_counter()
+        # every video of the batch is now complete under its final name
+        for out in outputs:
+            latents = None
+            if s.save_latents:
+                latents = out.write_latents({"video": out.slot.video.name, "seed": s.seed, "sample": out.sample,
+                                             "num_frame_per_block": B, "fps": s.fps, "vae_temporal": s.vae_temporal})
             t["total"] = time.perf_counter() - t0
-            write_json_atomic(slot.sidecar, self.sidecar(job, slot, t))  # last: the video now counts as finished
-            result.written.append(slot.video)
+            write_json_atomic(out.slot.sidecar, self.sidecar(job, out.slot, t, latent_frames, switcher, latents))
+            result.written.append(out.slot.video)
         t["total"] = time.perf_counter() - t0
         return result

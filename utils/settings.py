@@ -1,12 +1,14 @@
 """Turn the parsed command line into a fully checked ``RunSettings``, before any model is loaded.
 
-Every check raises ``CLIError`` with one paragraph naming the file / key / value and the fix: config keys and values,
-cache-mode parameters, frame count, resolution, prompt files, output folder, ffmpeg, device, model files, checkpoint.
+Every check raises ``CLIError`` with one paragraph naming the file / key / value and the fix: flag combinations,
+config keys and values, cache-mode parameters, frame count or seconds, resolution, prompt files or prompt schedule,
+output folder, ffmpeg, device, model files, checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from .cli_config import CLIError, load_config, rollout_dict
 from .outputs import check_writable
 from .prompts import PromptJob, load_prompt_jobs
 from .runtime import DistEnv, dtype_name, resolve_device, resolve_dtype
+from .schedule import ChunkClock, PromptSchedule, latent_frames_for_seconds, load_schedule
 from .video import MACRO_BLOCK, check_encoder
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ class RunSettings:
     policy_kwargs: dict             # build_policy(**policy_kwargs)
     cache: dict                     # policy.describe(): what the sidecar records
     rollout: RolloutConfig
-    num_output_frames: int          # latent frames T
+    num_output_frames: int | None   # latent frames T (None: --endless, until stopped)
     height: int
     width: int
     fps: float
@@ -62,19 +65,53 @@ class RunSettings:
     vae_spatial: int = 8            # image pixels per latent pixel (from the VAE config)
     vae_temporal: int = 4           # video frames per latent frame after the first
     demo: bool = False
+    seconds: float | None = None    # --seconds as asked (num_output_frames is derived from it)
+    noise_order: str = "upstream"   # upstream | chunked (pipeline.seeded_noise)
+    save_latents: bool = False      # also write each video's latents (name.pt)
+    schedule: PromptSchedule | None = None   # --prompt_schedule: the run's only job follows it
+    interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
+    recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
 
     @property
-    def num_video_frames(self) -> int:
+    def endless(self) -> bool:
+        """Whether videos run until stopped (--endless) instead of a fixed length."""
+        return self.num_output_frames is None
+
+    @property
+    def num_video_frames(self) -> int | None:
         """Frames of the mp4: the causal VAE gives 1 frame for latent 0 and 4 for every later latent (4T-3)."""
-        return self.vae_temporal * (self.num_output_frames - 1) + 1
+        return None if self.endless else self.vae_temporal * (self.num_output_frames - 1) + 1
+
+    @property
+    def clock(self) -> ChunkClock:
+        """Video frame and time at which each chunk starts."""
+        return ChunkClock(self.rollout.num_frame_per_block, self.vae_temporal, self.fps)
+
+    @property
+    def switches_possible(self) -> bool:
+        """Whether prompts can change during a video (a schedule or --interactive)."""
+        return self.schedule is not None or self.interactive
 
     def request(self, job: PromptJob, sample: int) -> dict:
-        """What makes a video what it is; a finished video is skipped only if its sidecar has the same request."""
-        return {"prompt": job.prompt, "extended_prompt": job.extended_prompt, "seed": self.seed, "sample": sample,
-                "num_samples": self.num_samples, "num_output_frames": self.num_output_frames,
-                "height": self.height, "width": self.width, "fps": self.fps, "mode": self.mode, "cache": self.cache,
-                "rollout": dataclasses.asdict(self.rollout), "checkpoint": self.checkpoint.name,
-                "use_ema": self.use_ema, "dtype": dtype_name(self.dtype), "device_type": self.device.type}
+        """What makes a video what it is; a finished video is skipped only if its sidecar has the same request.
+
+        Keys added after the first release appear only when their feature is used, so videos finished by earlier
+        versions (same content) stay finished.
+        """
+        out = {"prompt": job.prompt, "extended_prompt": job.extended_prompt, "seed": self.seed, "sample": sample,
+               "num_samples": self.num_samples, "num_output_frames": self.num_output_frames,
+               "height": self.height, "width": self.width, "fps": self.fps, "mode": self.mode, "cache": self.cache,
+               "rollout": dataclasses.asdict(self.rollout), "checkpoint": self.checkpoint.name,
+               "use_ema": self.use_ema, "dtype": dtype_name(self.dtype), "device_type": self.device.type}
+        if self.noise_order != "upstream":
+            out["noise_order"] = self.noise_order
+        if self.schedule is not None:
+            out["prompt_schedule"] = self.schedule.to_list()
+        if self.interactive:
+            out["interactive"] = True
+        if self.switches_possible:
+            out["recache_on_switch"] = self.recache_on_switch
+        return out
 
 
 def _env_offline() -> bool:
@@ -158,6 +195,54 @@ def _model_files(args, download_allowed: bool) -> tuple[Path, Path, bool]:
                        f"run 'python inference.py --demo' to try the pipeline without weights.") from None
 
 
+def check_flags(args, dist: DistEnv) -> None:
+    """Flag combinations that cannot work, checked on the command line as given (before defaults are filled in)."""
+    if args.seconds is not None and args.num_output_frames is not None:
+        raise CLIError(f"--seconds {args.seconds:g} and --num_output_frames {args.num_output_frames} both set the "
+                       f"video length; pass only one of them.")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise CLIError(f"--seconds {args.seconds} must be a positive number of seconds, e.g. --seconds 60.")
+    if args.prompt_schedule is not None:
+        for flag, value in (("--data_path", args.data_path), ("--extended_prompt_path", args.extended_prompt_path),
+                            ("--interactive", args.interactive)):
+            if value:
+                raise CLIError(f"--prompt_schedule {args.prompt_schedule} renders one video from the schedule's own "
+                               f"prompts; it cannot be combined with {flag}. Render prompt files and schedules in "
+                               f"separate runs.")
+    if args.endless:
+        if not args.interactive:
+            raise CLIError("--endless renders until a '/stop' line (or the end of input) arrives on stdin; it needs "
+                           "--interactive.")
+        if args.seconds is not None or args.num_output_frames is not None:
+            raise CLIError("--endless has no fixed length; drop --seconds / --num_output_frames (or drop --endless).")
+        if args.noise_order == "upstream":
+            raise CLIError("--endless cannot use --noise_order upstream, which draws the noise of the whole video "
+                           "before the first chunk; use --noise_order chunked (the default with --endless).")
+    if args.interactive and dist.world_size > 1:
+        raise CLIError(f"--interactive reads prompts from this process's stdin, but this is a torchrun launch with "
+                       f"WORLD_SIZE={dist.world_size}; run interactive videos in a single process (python "
+                       f"inference.py --interactive ...).")
+
+
+def _video_length(args, clock: ChunkClock, source: str) -> int | None:
+    """Latent frames T from --num_output_frames or --seconds (None: --endless)."""
+    if args.endless:
+        return None
+    if args.seconds is not None:
+        T = latent_frames_for_seconds(args.seconds, clock)
+        frames = clock.temporal * (T - 1) + 1
+        logger.info("--seconds %g -> %d latent frames = %d video frames (%.2f s at %g fps)", args.seconds, T, frames,
+                    frames / clock.fps, clock.fps)
+        return T
+    _check_frames(args.num_output_frames, clock.chunk_latents, clock.temporal, source)
+    return args.num_output_frames
+
+
+def _schedule_job(schedule: PromptSchedule) -> PromptJob:
+    """The run's only job: the schedule's opening prompt (later prompts switch in while it renders)."""
+    return PromptJob(0, 0, schedule.opening.prompt, None, schedule.path, "")
+
+
 def resolve_settings(args, dist: DistEnv) -> RunSettings:
     """Check the whole request (no model is loaded); raise CLIError on the first problem."""
     source = args.config_path or "configs/default.yaml"
@@ -173,7 +258,8 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
         raise CLIError(f"{source}: {exc}.") from None
     vae_cfg = load_vae_config()
     spatial, temporal = int(vae_cfg["scale_factor_spatial"]), int(vae_cfg["scale_factor_temporal"])
-    _check_frames(args.num_output_frames, rollout.num_frame_per_block, temporal, source)
+    clock = ChunkClock(rollout.num_frame_per_block, temporal, cfg["fps"])
+    num_frames = _video_length(args, clock, source)
     if args.num_samples < 1:
         raise CLIError(f"--num_samples {args.num_samples} must be at least 1.")
     if not 0 <= args.seed < 2 ** 63:
@@ -181,7 +267,13 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
     _check_resolution(cfg, resolve_path(args.wan_model_dir), spatial, source)
     device = resolve_device(args.device, args.demo, dist)
     dtype = resolve_dtype(args.dtype, device)
-    jobs = load_prompt_jobs(args.data_path, args.extended_prompt_path)
+    schedule = load_schedule(args.prompt_schedule, clock, num_frames) if args.prompt_schedule else None
+    jobs = [_schedule_job(schedule)] if schedule else load_prompt_jobs(args.data_path, args.extended_prompt_path)
+    if num_frames is None and len(jobs) != 1:
+        raise CLIError(f"--endless renders one video, but {args.data_path} holds {len(jobs)} prompts; pass a prompt "
+                       f"file with the one opening prompt.")
+    if args.recache_on_switch and not (schedule or args.interactive):
+        logger.warning("--recache_on_switch only matters with --prompt_schedule or --interactive; ignored")
     output_folder = Path(args.output_folder)
     check_writable(output_folder)
     check_encoder()
@@ -189,9 +281,12 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
     if not download:
         _check_checkpoint_entry(checkpoint, args.use_ema)
     return RunSettings(config=cfg, config_path=args.config_path, mode=mode, policy_kwargs=policy_kwargs,
-                       cache=cache, rollout=rollout, num_output_frames=args.num_output_frames, height=cfg["height"],
+                       cache=cache, rollout=rollout, num_output_frames=num_frames, height=cfg["height"],
                        width=cfg["width"], fps=cfg["fps"], seed=args.seed, num_samples=args.num_samples,
                        use_ema=bool(args.use_ema), save_with_index=bool(args.save_with_index),
                        overwrite=args.overwrite, model_dir=model_dir, checkpoint=checkpoint, download=download,
                        device=device, dtype=dtype, output_folder=output_folder, jobs=jobs, dist=dist,
-                       vae_spatial=spatial, vae_temporal=temporal, demo=args.demo)
+                       vae_spatial=spatial, vae_temporal=temporal, demo=args.demo, seconds=args.seconds,
+                       noise_order=args.noise_order or ("chunked" if num_frames is None else "upstream"),
+                       save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
+                       recache_on_switch=bool(args.recache_on_switch))
