@@ -144,11 +144,12 @@ class KVCache:
         end = k.shape[1] if end is None else end
         return self.rotate_time(k[:, :end], pos[:, :end] - self.base)
 
-    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+               rotation) -> tuple[torch.Tensor, torch.Tensor]:
         """Model entry point: observe q, run cache events on a chunk's first call, stage k/v, return context.
 
-        q/k/v [B, m, H, D] (q and k spatially rotated), pos [m] absolute time index of the chunk's tokens.
+        q/k/v [B, m, H, D] (q and k spatially rotated), pos [m] absolute time index of the chunk's tokens,
+        ``rotation`` their time rotation relative to ``base`` (the model builds it once per call for all layers).
         Returns (time-rotated keys, values) [B, n+m, H, D].
         """
         cache = self.layers[layer]
@@ -164,7 +165,7 @@ class KVCache:
         if self.rotated is None:
             return self.rotated_keys(layer), values
         buf = self.rotated[layer]
-        buf[:, n:n + k.shape[1]] = self.rotate_time(k, pos - self.base)
+        buf[:, n:n + k.shape[1]] = rotation.apply(k)
         return buf[:, :n + k.shape[1]], values
 
     def commit(self) -> None:

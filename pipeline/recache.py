@@ -74,17 +74,16 @@ class CleanLatentStore:
 class _Recorder:
     """Cache stand-in for the re-cache pass: tokens attend among themselves; each layer's k/v are recorded."""
 
-    def __init__(self, base: int, rotate_time):
+    def __init__(self, base: int):
         self.base = base
-        self.rotate_time = rotate_time
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
-    def update(self, layer, q, k, v, pos):
-        """Record k (time-unrotated) and v [B, R*F, H, D]; return them time-rotated at ``pos`` for attention."""
+    def update(self, layer, q, k, v, pos, rotation):
+        """Record k (time-unrotated) and v [B, R*F, H, D]; return them time-rotated for attention."""
         self.keys.append(k)
         self.values.append(v)
-        return self.rotate_time(k, pos - self.base), v
+        return rotation.apply(k), v
 
 
 @torch.no_grad()
@@ -95,7 +94,7 @@ def recache_kv(model, kv: KVCache, text_kv: list, clean: CleanLatentStore, conte
         return
     latents = torch.stack([clean.get(fr) for fr in frames], dim=1)  # [B, R, C, H, W]
     positions = frame_positions(kv, frames)
-    recorder = _Recorder(kv.base, kv.rotate_time)
+    recorder = _Recorder(kv.base)
     t = torch.full(latents.shape[:2], float(context_noise), device=latents.device)
     model(latents, t, text_kv, recorder, frame_positions=positions)
     F = kv.tokens_per_frame

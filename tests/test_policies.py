@@ -50,9 +50,10 @@ def drive(kv, num_chunks, qkv, calls=5):
         f = i * B
         kv.begin_chunk(f, B)
         pos = torch.arange(f, f + B).repeat_interleave(F)
+        rotation = WanRope(D).time_rotation(pos - kv.base, kv.layers[0].k.dtype)  # as the model builds it per call
         for c in range(calls):
             for layer in range(len(kv.layers)):
-                kv.update(layer, *qkv(layer, f, c), pos)
+                kv.update(layer, *qkv(layer, f, c), pos, rotation)
         kv.commit()
         yield f
 

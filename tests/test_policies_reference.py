@@ -49,7 +49,7 @@ class NaiveCache:
         self.queries = [[] for _ in range(layers)]  # (q [H, D], absolute position) of the last R*F query tokens
         self.events = []
 
-    def update(self, layer, q, k, v, pos):
+    def update(self, layer, q, k, v, pos, rotation):
         """Remember queries, run the chunk's cache event on its first call, stage, return all keys/values."""
         assert q.shape[0] == 1
         for i in range(q.shape[1]):

@@ -23,9 +23,12 @@ class SelfAttentionCache(Protocol):
 
     base: int  # time index that maps to RoPE position 0 in this call (re-basing)
 
-    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this call's k/v and return (time-rotated keys, values) to attend over."""
+    def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+               rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's k/v and return (time-rotated keys, values) to attend over.
+
+        ``rotation`` is the time rotation of this call's tokens relative to ``base`` (built once per call).
+        """
         ...
 
 
@@ -106,7 +109,7 @@ class CausalSelfAttention(AttentionProjections):
         if cache is None:
             keys, values = geo.query_time.apply(k), v
         else:
-            keys, values = cache.update(layer, q, k, v, geo.positions)
+            keys, values = cache.update(layer, q, k, v, geo.positions, geo.query_time)
         out = attention(geo.query_time.apply(q), keys, values)
         return self.o(out.flatten(2))
 
