@@ -27,10 +27,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utils.cli_config import MODES, NOISE_ORDERS, REPO_ROOT, CLIError
-from utils.outputs import pending_slots, plan_outputs
-from utils.prompts import shard
-from utils.runtime import DistEnv, progress_enabled, setup_logging
+from app.cli_config import MODES, NOISE_ORDERS, REPO_ROOT, CLIError
+from app.outputs import pending_slots, plan_outputs
+from app.prompts import shard
+from app.runtime import DistEnv, progress_enabled, setup_logging
 
 logger = logging.getLogger("inference")
 
@@ -112,7 +112,7 @@ def fill_defaults(args: argparse.Namespace, stack: contextlib.ExitStack) -> None
     """Defaults that depend on --demo; for --demo also write the tiny model into a temporary folder."""
     from wan.loading import DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR
     if args.demo:
-        from utils.fixtures import write_tiny_model
+        from wan.fixtures import write_tiny_model
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deep_forcing_demo_")))
         tiny = write_tiny_model(tmp)
         args.wan_model_dir = args.wan_model_dir or str(tiny.model_dir)
@@ -140,7 +140,7 @@ def output_plan(settings) -> dict:
 
 def add_missing_latents(mine, plan, todo, settings) -> tuple[list, int]:
     """With --save_latents, finished videos without their latents file are rendered again; returns (todo, redone)."""
-    from utils.streaming import latents_path, remove_stale_latents_part
+    from media.streaming import latents_path, remove_stale_latents_part
     pending = {job.index: slots for job, slots in todo}
     redo = 0
     for job in mine:
@@ -157,8 +157,8 @@ def add_missing_latents(mine, plan, todo, settings) -> tuple[list, int]:
 
 def run(settings, runner=None, stdin=None) -> int:
     """Render this rank's unfinished videos; returns the exit status (``runner``/``stdin``: for tests)."""
-    from utils.runner import VideoRunner
-    from utils.switching import LivePrompts
+    from app.runner import VideoRunner
+    from app.switching import LivePrompts
     dist = settings.dist
     plan = output_plan(settings)
     mine = shard(settings.jobs, dist.rank, dist.world_size)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(dist, args.log_level)
     signal.signal(signal.SIGTERM, _raise_terminated)
     from wan.loading import ModelFilesError
-    from utils.settings import check_flags, resolve_settings
+    from app.settings import check_flags, resolve_settings
     try:
         with contextlib.ExitStack() as stack:
             check_flags(args, dist)

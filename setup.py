@@ -35,7 +35,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["wan", "pipeline", "utils"],
+    packages=["wan", "pipeline", "app", "media", "utils"],
     py_modules=["inference"],
     install_requires=requirements(),
     # the tests also exercise the benchmark's plots, so "test" includes the bench extra

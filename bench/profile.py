@@ -60,7 +60,7 @@ def instrumented(timer: CategoryTimer):
     """Patch the model, cache, policy, scheduler and VAE entry points with the timer while the block runs."""
     import wan.causal_model as cm
     from pipeline import kv_cache
-    from utils.scheduler import FlowMatchScheduler
+    from pipeline.scheduler import FlowMatchScheduler
     from wan.rope import Rotation
     from wan.vae import StreamDecoder
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from utils.scheduler import FlowMatchScheduler
+from .scheduler import FlowMatchScheduler
 
 from .kv_cache import KVCache
 from .policies import CachePolicy

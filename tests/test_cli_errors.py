@@ -23,7 +23,7 @@ def _config(tmp: Path, body: str) -> Path:
 
 
 def _checkpoint_without_ema(tmp: Path) -> Path:
-    from utils.fixtures import write_checkpoint
+    from wan.fixtures import write_checkpoint
     return write_checkpoint(tmp / "no_ema.pt", include_ema=False)
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.cli_config import DEFAULT_CONFIG, REPO_ROOT, SCHEMA, CLIError, load_config, parse_override
-from utils.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, part_path,
+from app.cli_config import DEFAULT_CONFIG, REPO_ROOT, SCHEMA, CLIError, load_config, parse_override
+from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, part_path,
                            plan_outputs, remove_parts, sanitize, write_json_atomic)
-from utils.prompts import PromptJob, load_prompt_jobs, read_lines, shard
-from utils.runtime import DistEnv
-from utils.video import to_uint8, write_mp4
+from app.prompts import PromptJob, load_prompt_jobs, read_lines, shard
+from app.runtime import DistEnv
+from media.video import to_uint8, write_mp4
 
 CONFIGS = REPO_ROOT / "configs" / "self_forcing_dmd"
 

@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from utils.fixtures import write_checkpoint, write_model_folder
+from wan.fixtures import write_checkpoint, write_model_folder
 from wan import loading
 from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
                          load_generator)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
 from pipeline.policies import build_policy
-from utils.scheduler import FlowMatchScheduler
+from pipeline.scheduler import FlowMatchScheduler
 
 from tiny import TINY, tiny_model
 

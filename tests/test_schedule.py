@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import inference
-from utils.cli_config import CLIError
-from utils.schedule import ChunkClock, latent_frames_for_seconds, load_schedule, read_schedule
+from app.cli_config import CLIError
+from app.schedule import ChunkClock, latent_frames_for_seconds, load_schedule, read_schedule
 
 CLOCK = ChunkClock(chunk_latents=3, temporal=4, fps=16)   # the shipped configs: chunks start at frames 0, 9, 21, ...
 
@@ -17,7 +17,7 @@ CLOCK = ChunkClock(chunk_latents=3, temporal=4, fps=16)   # the shipped configs:
 @pytest.fixture
 def cli_in_process(monkeypatch):
     """Run ``inference.main`` in this process; model loading fails the test; logging and SIGTERM are restored."""
-    from utils.runner import VideoRunner
+    from app.runner import VideoRunner
 
     def no_load(*args, **kwargs):
         """Stand-in for VideoRunner.load."""

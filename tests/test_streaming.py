@@ -17,11 +17,11 @@ import torch
 import inference
 from pipeline.causal_inference import CausalInferencePipeline
 from pipeline.policies import build_policy
-from utils.runner import VideoRunner
-from utils.runtime import DistEnv
-from utils.settings import check_flags, resolve_settings
-from utils.switching import LivePrompts
-from utils.video import Mp4Writer, to_uint8
+from app.runner import VideoRunner
+from app.runtime import DistEnv
+from app.settings import check_flags, resolve_settings
+from app.switching import LivePrompts
+from media.video import Mp4Writer, to_uint8
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("height=32", "width=32")                 # latent 4x4
@@ -80,7 +80,7 @@ def recorded(monkeypatch):
             frames.setdefault(name, []).append(batch.copy())
             super().append(batch)
 
-    monkeypatch.setattr("utils.streaming.Mp4Writer", RecordingWriter)
+    monkeypatch.setattr("media.streaming.Mp4Writer", RecordingWriter)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     return frames
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.cli_config import CLIError  # noqa: E402
-from utils.prompts import read_lines  # noqa: E402
+from app.cli_config import CLIError  # noqa: E402
+from app.prompts import read_lines  # noqa: E402
 
 logger = logging.getLogger("split_prompts")
 

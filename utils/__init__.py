@@ -1,1 +1,1 @@
-"""Shared helpers: scheduler facts, seeding, prompt files, video writing."""
+"""Small helpers shared by the model family (wan), the rollout (pipeline), the application (app) and media."""

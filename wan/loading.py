@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from utils.paths import REPO_ROOT
+
 from .causal_model import CausalWanModel
 from .config import WanConfig
 
@@ -35,7 +37,6 @@ VAE_WEIGHTS_FILE = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
 MODEL_FOLDER_FILES = (CONFIG_FILE, DIT_WEIGHTS_FILE, T5_WEIGHTS_FILE, VAE_WEIGHTS_FILE)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ModelFilesError(Exception):

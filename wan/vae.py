@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from utils.paths import CONFIGS_DIR
+
 from .loading import (VAE_WEIGHTS_FILE, ModelFilesError, load_folder_state_dict, resolve_path)
 from .state_dict import compare_state_dicts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VAE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "wan_vae_config.json"
+DEFAULT_VAE_CONFIG = CONFIGS_DIR / "wan_vae_config.json"
 TESTED_DIFFUSERS_VERSION = "0.42.1"
 
 

@@ -1,8 +1,8 @@
 """Video frames to H.264 fragmented mp4: x264 in the ffmpeg binary of imageio-ffmpeg, the mp4 written here.
 
 ffmpeg's own mp4 muxer only closes a fragment when the next frame arrives, so the newest frames of a growing file
-would always be missing. Instead ffmpeg sends its encoded packets back as FLV (``utils.flv``: one tag per frame,
-written at once), and ``utils.fmp4`` puts them into fragments: once a fragment's frames are encoded it is in the
+would always be missing. Instead ffmpeg sends its encoded packets back as FLV (``media.flv``: one tag per frame,
+written at once), and ``media.fmp4`` puts them into fragments: once a fragment's frames are encoded it is in the
 file, complete.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cli_config import CLIError
+from app.cli_config import CLIError
 from .flv import FlvError, iter_h264
 from .fmp4 import FragmentedMp4, Sample
 

@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .outputs import OutputSlot, atomic_path, part_path
+from app.outputs import OutputSlot, atomic_path, part_path
 from .video import Mp4Writer, to_uint8
 
 logger = logging.getLogger(__name__)
 
-LATENTS_SUFFIX = ".pt"        # shorter than ".json", so the name limits of utils.outputs hold for it too
+LATENTS_SUFFIX = ".pt"        # shorter than ".json", so the name limits of app.outputs hold for it too
 LATENTS_FORMAT = "deep_forcing.latents.v1"
 
 

@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import yaml
 
+from utils.paths import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 MODES = ("self_forcing", "deep_sink", "deep_sink_pc")
 NOISE_ORDERS = ("upstream", "chunked")   # pipeline.seeded_noise: all initial noise first, or chunk by chunk

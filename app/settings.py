@@ -27,7 +27,7 @@ from .outputs import check_writable
 from .prompts import PromptJob, load_prompt_jobs
 from .runtime import DistEnv, dtype_name, resolve_device, resolve_dtype
 from .schedule import ChunkClock, PromptSchedule, latent_frames_for_seconds, load_schedule
-from .video import MACRO_BLOCK, check_encoder
+from media.video import MACRO_BLOCK, check_encoder
 
 logger = logging.getLogger(__name__)
 

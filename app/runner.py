@@ -1,9 +1,9 @@
 """Models loaded once, then one prompt at a time: encode -> chunk by chunk (generate, decode, append) -> sidecar.
 
 ``VideoRunner.render(job, slots)`` is the per-prompt step. Every chunk's latents are decoded with the VAE's streaming
-decoder and appended to each sample's mp4 right away (``utils.streaming``), so memory does not grow with the length
+decoder and appended to each sample's mp4 right away (``media.streaming``), so memory does not grow with the length
 of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
-chunks (``utils.switching``).
+chunks (``app.switching``).
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ from .outputs import OutputSlot, write_json_atomic
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
-from .streaming import SampleOutput
+from media.streaming import SampleOutput
 from .switching import LivePrompts, PromptSwitcher
-from .video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, chunk_keyframes
+from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, chunk_keyframes
 
 logger = logging.getLogger(__name__)
 
