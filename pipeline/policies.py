@@ -5,7 +5,8 @@ acts only on the first call of a new chunk (``on_new_chunk``), before the chunk 
 call's queries (``observe_queries``). It never knows which model runs.
 
 Policies: ``SelfForcingWindow`` (4.1), ``DeepSink`` (4.2), ``ParticipativeCompression`` (4.3, Deep Sink + PC).
-``build_policy(mode, ...)`` builds one from the mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags.
+Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from
+the mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags.
 
 Trace format. When ``policy.trace`` is a callable, every cache event of every layer calls it with one dict
 (nothing is computed for it when ``trace`` is None). Tensors are on the CPU; ``batch`` is the cache's batch size:
@@ -30,7 +31,7 @@ Event-specific keys:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -41,7 +42,14 @@ logger = logging.getLogger(__name__)
 
 TraceHook = Callable[[dict], None]
 
-MODES = ("self_forcing", "deep_sink", "deep_sink_pc")
+# Registry of cache modes: every CachePolicy subclass that sets its own ``name`` registers itself under it when the
+# class is created, so a new policy is one class in one module (imported before the CLI or bench asks for it).
+POLICIES: dict[str, type["CachePolicy"]] = {}
+
+
+def registered_modes() -> tuple[str, ...]:
+    """Names of every registered cache mode, in registration order."""
+    return tuple(POLICIES)
 
 
 class CachePolicyError(ValueError):
@@ -58,6 +66,12 @@ class CachePolicy:
     trace: TraceHook | None = field(default=None, repr=False, compare=False)
 
     name = "base"
+
+    def __init_subclass__(cls, **kwargs):
+        """Register a subclass under its own ``name`` (classes that do not set one are not selectable)."""
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            POLICIES[cls.name] = cls
 
     def __post_init__(self):
         self._check()
@@ -359,17 +373,32 @@ class ParticipativeCompression(DeepSink):
                        sink_start=sink_start, shift=sink_start - old)
 
 
-def build_policy(mode: str, local_attn_size: int = 21, sink_size: int = 0, budget: int = 16, recent: int = 4,
-                 reuse_cap: int = 7, realign_topc: bool = False, trace: TraceHook | None = None) -> CachePolicy:
-    """The cache policy of ``mode`` ("self_forcing", "deep_sink" or "deep_sink_pc") with these parameters."""
-    if mode == "self_forcing":
-        return SelfForcingWindow(local_attn_size=local_attn_size, sink_size=sink_size, trace=trace)
-    if mode == "deep_sink":
-        return DeepSink(local_attn_size=local_attn_size, sink_size=sink_size, trace=trace)
-    if mode == "deep_sink_pc":
-        return ParticipativeCompression(local_attn_size=local_attn_size, sink_size=sink_size, budget=budget,
-                                        recent=recent, reuse_cap=reuse_cap, realign_topc=realign_topc, trace=trace)
-    raise CachePolicyError(f"cache mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+def policy_parameters(mode: str) -> tuple[str, ...]:
+    """Names of the configuration fields of ``mode``'s policy class (its dataclass fields, minus the trace hook)."""
+    return tuple(f.name for f in fields(policy_class(mode)) if f.init and f.name != "trace")
+
+
+def policy_class(mode: str) -> type[CachePolicy]:
+    """The registered policy class of ``mode``; CachePolicyError naming the registered modes otherwise."""
+    try:
+        return POLICIES[mode]
+    except KeyError:
+        raise CachePolicyError(f"cache mode {mode!r} is unknown; use one of {', '.join(registered_modes())}") from None
+
+
+def build_policy(mode: str, trace: TraceHook | None = None, **params) -> CachePolicy:
+    """The policy of ``mode`` built from the ``params`` its class declares (others are left to other modes).
+
+    A parameter that no registered policy declares is an error (a typo must not be dropped silently).
+    """
+    cls = policy_class(mode)
+    known = {name for m in POLICIES for name in policy_parameters(m)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise CachePolicyError(f"cache parameter(s) {', '.join(unknown)} are not used by any cache mode; known "
+                               f"parameters: {', '.join(sorted(known))}")
+    own = policy_parameters(mode)
+    return cls(trace=trace, **{k: v for k, v in params.items() if k in own})
 
 
 def select_mode(is_ds_only: int, mode: str | None = None) -> str:
@@ -379,8 +408,7 @@ def select_mode(is_ds_only: int, mode: str | None = None) -> str:
                                f"Deep Sink + Participative Compression")
     if mode is None:
         return "deep_sink" if is_ds_only else "deep_sink_pc"
-    if mode not in MODES:
-        raise CachePolicyError(f"cache mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+    policy_class(mode)
     if is_ds_only and mode != "deep_sink":
         raise CachePolicyError(f"--is_ds_only 1 asks for Deep Sink alone but the cache mode is {mode!r}; drop "
                                f"--is_ds_only or the mode")
