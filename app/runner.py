@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.causal_inference import CausalInferencePipeline
 from pipeline.policies import build_policy
@@ -31,6 +30,7 @@ from wan.vae import WanVAE
 
 from .cli_config import REPO_ROOT, CLIError
 from .outputs import OutputSlot, write_json_atomic
+from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
@@ -110,7 +110,8 @@ class VideoRunner:
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
-        model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device)
+        model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
+                               trust_checkpoint=settings.trust_checkpoint)
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
         policy = build_policy(**settings.policy_kwargs)
         pipeline = CausalInferencePipeline(model, settings.rollout, policy)
@@ -214,8 +215,8 @@ class VideoRunner:
         latent_frames = 0
         outputs = self.outputs(slots)
         with contextlib.ExitStack() as stack:
-            bar = stack.enter_context(tqdm(total=s.num_video_frames, desc="frames", unit="frame", leave=False,
-                                           disable=not self.progress))
+            bar = stack.enter_context(progress_bar(s.num_video_frames, "frames", "frame", enabled=self.progress,
+                                                   rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
             chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher,

@@ -71,6 +71,7 @@ class RunSettings:
     schedule: PromptSchedule | None = None   # --prompt_schedule: the run's only job follows it
     interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
+    trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
 
     @property
     def endless(self) -> bool:
@@ -171,9 +172,10 @@ def _check_resolution(cfg: dict, model_dir: Path, spatial: int, source: str) -> 
                            f"{patch[1]}x{patch[2]}); use {max(step, v - v % step)} or {v - v % step + step}.")
 
 
-def _check_checkpoint_entry(checkpoint: Path, use_ema: bool) -> None:
+def _check_checkpoint_entry(checkpoint: Path, use_ema: bool, trust: bool = False) -> None:
     """Open the checkpoint memory-mapped (cheap) and check it holds the weights asked for (--use_ema or not)."""
-    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint"), checkpoint, use_ema)
+    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint", trust=trust), checkpoint,
+                                 use_ema)
     del state
 
 
@@ -279,7 +281,7 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
     check_encoder()
     model_dir, checkpoint, download = _model_files(args, download_allowed=not (args.no_download or _env_offline()))
     if not download:
-        _check_checkpoint_entry(checkpoint, args.use_ema)
+        _check_checkpoint_entry(checkpoint, args.use_ema, bool(getattr(args, "trust_checkpoint", False)))
     return RunSettings(config=cfg, config_path=args.config_path, mode=mode, policy_kwargs=policy_kwargs,
                        cache=cache, rollout=rollout, num_output_frames=num_frames, height=cfg["height"],
                        width=cfg["width"], fps=cfg["fps"], seed=args.seed, num_samples=args.num_samples,
@@ -289,4 +291,5 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
                        vae_spatial=spatial, vae_temporal=temporal, demo=args.demo, seconds=args.seconds,
                        noise_order=args.noise_order or ("chunked" if num_frames is None else "upstream"),
                        save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
-                       recache_on_switch=bool(args.recache_on_switch))
+                       recache_on_switch=bool(args.recache_on_switch),
+                       trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)))

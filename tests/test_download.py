@@ -13,8 +13,8 @@ from wan import loading
 from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
                          load_generator)
 
-WAN_CMD = "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"
-CKPT_CMD = "huggingface-cli download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ."
+WAN_CMD = "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"
+CKPT_CMD = "hf download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ."
 
 
 @pytest.fixture

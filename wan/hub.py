@@ -2,7 +2,7 @@
 
 Uses ``huggingface_hub`` (its progress bars, ``HF_HOME``, ``HF_TOKEN``, resumable downloads). Offline mode
 (``HF_HUB_OFFLINE=1``, read when a download is attempted, not at import) or an unreachable hub ends in a
-:class:`~wan.loading.ModelFilesError` that gives the manual ``huggingface-cli download`` commands.
+:class:`~wan.loading.ModelFilesError` that gives the manual ``hf download`` commands.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def manual_commands(model_dir: Path | None, checkpoint: Path | None) -> str:
         cmds.append(f"`{wan_download_command(model_dir)}`")
     if checkpoint is not None:
         cmds.append(f"`{checkpoint_download_command(checkpoint)}`")
-    return " and ".join(cmds) + " (with huggingface_hub >= 1.0 the command is spelled `hf download ...`)"
+    return " and ".join(cmds)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
