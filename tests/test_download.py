@@ -65,6 +65,7 @@ def test_offline_stops_with_manual_commands(workdir, fake_hub, monkeypatch):
         ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT)
     msg = str(err.value)
     assert WAN_CMD in msg and CKPT_CMD in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert "huggingface-cli" not in msg  # huggingface_hub >= 1.0 has only `hf`
     assert fake_hub.calls == []
 
 
@@ -134,3 +135,33 @@ def test_download_disabled(workdir, fake_hub):
     with pytest.raises(ModelFilesError, match="Wan model folder not found"):
         ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT, download=False)
     assert fake_hub.calls == []
+
+
+def test_hub_bars_are_off_when_stderr_is_not_a_terminal(workdir, monkeypatch):
+    """Downloads in a logged run (stderr a file or pipe) do not write tqdm control codes."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    seen = []
+    hub = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: seen.append(are_progress_bars_disabled()) or hub.snapshot_download(
+                            repo_id, **kw))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **kw: seen.append(are_progress_bars_disabled()) or
+                        hub.hf_hub_download(repo_id, filename, **kw))
+    monkeypatch.setattr("sys.stderr", __import__("io").StringIO())
+    assert not are_progress_bars_disabled()
+    ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT)
+    assert seen == [True, True] and not are_progress_bars_disabled()
+
+
+def test_no_huggingface_cli_commands_anywhere():
+    """README, scripts and every message give `hf download` commands (huggingface_hub >= 1.0 has no huggingface-cli)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *root.glob("*.sh"), *root.glob("*.py"),
+             *[p for d in ("app", "wan", "media", "pipeline", "utils", "bench", "tools", "docs")
+               for p in (root / d).rglob("*") if p.suffix in (".py", ".md", ".sh")]]
+    offenders = [str(p.relative_to(root)) for p in files if "huggingface-cli download" in p.read_text("utf-8")]
+    assert offenders == []
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B" in (
+        root / "README.md").read_text("utf-8")
