@@ -234,3 +234,20 @@ def test_offload_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda device=None: {"reserved_bytes.all.current": 20 * gib,
                                                                          "active_bytes.all.current": 5 * gib})
     assert memory.should_offload_text_encoder("cuda") is False
+
+
+def test_offload_memory_tool_smoke(capsys):
+    """tools/offload_memory.py (the GPU measurement at real size) runs end to end on CPU at a tiny size."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "offload_memory.py"
+    spec = importlib.util.spec_from_file_location("offload_memory", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--device", "cpu", "--layers", "3", "--d_model", "32", "--d_ff", "64", "--heads", "2",
+                      "--vocab", "300", "--text_len", "8", "--dtype", "fp32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["most_weights_on_device_params"] == out["largest_streamed_piece_params"]
+    assert out["encoder_params"] > 3 * out["largest_streamed_piece_params"]

@@ -142,6 +142,7 @@ class WanTextEncoder:
         self.text_len = int(text_len)
         self.device = torch.device(device)
         self.offload = offload
+        self.last_offload_peak_numel = 0  # most encoder weight elements on the device during the last offloaded encode
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -227,6 +228,7 @@ class WanTextEncoder:
         embeds = embed(ids).to(self.device)  # [B, text_len, d_model], looked up on the CPU
         with WeightStreamer(pieces, self.device) as streamer:
             hidden = self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
+        self.last_offload_peak_numel = streamer.peak_numel
         logger.debug("offloaded encode: %d pieces streamed, at most %d encoder weights on %s at once",
                      streamer.moves, streamer.peak_numel, self.device)
         if self.device.type == "cuda":
