@@ -141,15 +141,24 @@ def test_hub_bars_are_off_when_stderr_is_not_a_terminal(workdir, monkeypatch):
     """Downloads in a logged run (stderr a file or pipe) do not write tqdm control codes."""
     from huggingface_hub.utils import are_progress_bars_disabled
 
+    import io
+
+    class BarWatchingHub(FakeHub):
+        """Records whether the hub's bars were off during each call."""
+
+        def snapshot_download(self, repo_id, **kwargs):
+            seen.append(are_progress_bars_disabled())
+            return super().snapshot_download(repo_id, **kwargs)
+
+        def hf_hub_download(self, repo_id, filename, **kwargs):
+            seen.append(are_progress_bars_disabled())
+            return super().hf_hub_download(repo_id, filename, **kwargs)
+
     seen = []
-    hub = FakeHub()
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo_id, **kw: seen.append(are_progress_bars_disabled()) or hub.snapshot_download(
-                            repo_id, **kw))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo_id, filename, **kw: seen.append(are_progress_bars_disabled()) or
-                        hub.hf_hub_download(repo_id, filename, **kw))
-    monkeypatch.setattr("sys.stderr", __import__("io").StringIO())
+    hub = BarWatchingHub()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file, not a terminal
     assert not are_progress_bars_disabled()
     ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT)
     assert seen == [True, True] and not are_progress_bars_disabled()
