@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.causal_inference import CausalInferencePipeline
 from wan.loading import ensure_model_files, load_generator
@@ -30,6 +29,7 @@ from wan.vae import WanVAE
 
 from .cli_config import REPO_ROOT, CLIError
 from .outputs import OutputSlot, write_json_atomic
+from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
@@ -110,7 +110,8 @@ class VideoRunner:
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
-        model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device)
+        model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
+                               trust_checkpoint=settings.trust_checkpoint)
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
         pipeline = CausalInferencePipeline(model, settings.rollout, settings.policy)
         logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
@@ -213,8 +214,8 @@ class VideoRunner:
         latent_frames = 0
         outputs = self.outputs(slots)
         with contextlib.ExitStack() as stack:
-            bar = stack.enter_context(tqdm(total=s.num_video_frames, desc="frames", unit="frame", leave=False,
-                                           disable=not self.progress))
+            bar = stack.enter_context(progress_bar(s.num_video_frames, "frames", "frame", enabled=self.progress,
+                                                   rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
             chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher,
