@@ -184,7 +184,10 @@ class DeepSink(SelfForcingWindow):
 
 @dataclass
 class InfiniteForcing(DeepSink):
-    """Infinite-Forcing's V-sink: the SF window with the sink right before the oldest tail frame (gap 0), S <= B."""
+    """Infinite-Forcing's V-sink: the SF window with the sink right before the oldest tail frame (gap 0), S <= B.
+
+    Defaults: the released checkpoint (W 6, S 1); LongLive's infinite mode is this rule with W 12, S 3.
+    """
 
     local_attn_size: int = 6
     sink_size: int = 1
@@ -201,23 +204,11 @@ class InfiniteForcing(DeepSink):
                                    f"<= {chunk_frames}")
 
 
-@dataclass
-class LongLiveInfinite(InfiniteForcing):
-    """LongLive's infinite mode (``use_infinite_attention``): the V-sink rule with its 12-frame window and sink 3."""
-
-    local_attn_size: int = 12
-    sink_size: int = 3
-
-    name = "longlive_infinite"
-
-
 def select_top(scores: torch.Tensor, picks: torch.Tensor, keep: int, reuse_cap: int) -> torch.Tensor:
     """Indices [batch, min(keep, n)] (ascending) of the ``keep`` best candidates of scores [batch, n].
 
-    Order of preference: candidates picked fewer than ``reuse_cap`` times (picks [batch, n]; cap 0 = no cap) first,
-    then higher score, then the earlier token (ties). So when fewer than ``keep`` candidates are under the cap, the
-    rest is filled with the best-scoring capped ones and the cache keeps its budget; when there are fewer than
-    ``keep`` candidates at all, every candidate is kept.
+    Preference: picked fewer than ``reuse_cap`` times (picks [batch, n]; cap 0 = no cap), then higher score, then the
+    earlier token; capped candidates fill the budget when too few are under the cap (docs/cache.md).
     """
     k = min(keep, scores.shape[1])
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [batch, n]
@@ -290,10 +281,6 @@ class ParticipativeCompression(DeepSink):
         m = q.shape[1]
         if m % F:
             raise RuntimeError(f"{m} query tokens is not a whole number of frames of {F} tokens")
-        if layer >= len(self._q_sum):
-            grow = layer + 1 - len(self._q_sum)
-            self._q_sum += [None] * grow
-            self._q_pos += [None] * grow
         q_sum = q.unflatten(1, (m // F, F)).sum(dim=2, dtype=torch.float32)  # [batch, m/F, H, D]
         q_pos = pos[::F]  # [m/F], one time index per frame
         if self._q_sum[layer] is not None:
@@ -305,7 +292,7 @@ class ParticipativeCompression(DeepSink):
     def score(self, kv: KVCache, layer: int, start: int, end: int) -> torch.Tensor:
         """Scores [batch, end - start] (float32) of committed tokens ``[start, end)``: sum over recent q, heads of q.k."""
         cache = kv.layers[layer]
-        q_sum = self._q_sum[layer] if layer < len(self._q_sum) else None
+        q_sum = self._q_sum[layer]
         if q_sum is None or end <= start:
             return torch.zeros(cache.k.shape[0], max(end - start, 0), device=cache.k.device)
         q = kv.rotate_time(q_sum, self._q_pos[layer] - kv.base).sum(dim=1)  # [batch, H, D], reduced first

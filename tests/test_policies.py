@@ -1,5 +1,5 @@
-"""Cache policies (SPEC 4.1-4.4): invariants over every policy, the worked examples, PC's top-C selection against an
-independent score, the ramp test, state reset between prompts, long rollouts, configuration and mode selection."""
+"""Cache policies (docs/cache.md): invariants over every policy and option, the worked examples, PC's top-C selection
+against an independent score, the ramp test, state reset between prompts, long rollouts, configuration and modes."""
 import pytest
 import torch
 
@@ -22,7 +22,22 @@ POLICIES = {
     "deep_sink_pc": dict(mode="deep_sink_pc", sink_size=10, budget=16, recent=4),
     "deep_sink_pc_paper": dict(mode="deep_sink_pc", sink_size=10, budget=16, recent=4, reuse_cap=1,
                                realign_topc=True),
+    # the family's checkpoints: Infinite-Forcing (W 6, S 1), LongLive (W 12, S 3), normal and infinite
+    "infinite_forcing": dict(mode="infinite_forcing", local_attn_size=6, sink_size=1),
+    "infinite_forcing_w12_s2": dict(mode="infinite_forcing", local_attn_size=12, sink_size=2),
+    "longlive": dict(mode="self_forcing", local_attn_size=12, sink_size=3),
+    "longlive_infinite": dict(mode="infinite_forcing", local_attn_size=12, sink_size=3),
+    # Deep Sink / PC on those windows, and the gap option
+    "deep_sink_gap0": dict(mode="deep_sink", sink_size=14, sink_gap=0),
+    "deep_sink_gap5": dict(mode="deep_sink", sink_size=10, sink_gap=5),
+    "deep_sink_w6": dict(mode="deep_sink", local_attn_size=6, sink_size=2),
+    "deep_sink_w12": dict(mode="deep_sink", local_attn_size=12, sink_size=6),
+    "deep_sink_pc_w6": dict(mode="deep_sink_pc", local_attn_size=6, sink_size=1, budget=6, recent=4),
+    "deep_sink_pc_w12": dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=10, recent=4),
+    "deep_sink_pc_w12_gap0": dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=10, recent=4,
+                                  sink_gap=0),
 }
+NEW = [n for n in POLICIES if n not in ("self_forcing", "deep_sink", "deep_sink_pc", "deep_sink_pc_paper")]
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -164,12 +179,18 @@ def test_policy_invariants_over_a_rollout(name):
     overflow = [f for f in range(0, T, B) if f >= L]
     kinds = {e for evs in events_at.values() for e in evs}
     if cfg["mode"] == "deep_sink_pc":
-        N = policy.budget
-        assert sorted({f for f, _ in events_at}) == [21, 27, 33, 39] and kinds == {"compress"}
+        N, frames, expect_events, expect_sizes = policy.budget, 0, [], []
+        for f in range(0, T, B):  # compress to N - B frames whenever the chunk would overflow the window
+            if frames + B > L:
+                expect_events.append(f)
+                frames = N - B
+            frames += B
+            expect_sizes.append((f, frames * F))
+        assert sorted({f for f, _ in events_at}) == expect_events and kinds == {"compress"}
+        if L == 21:
+            assert expect_events == [21, 27, 33, 39]  # N -> N + B -> compress -> N
         for layer in range(2):
-            after = [n for f, n in sizes[layer] if f >= 21]
-            assert after == [N * F, (N + B) * F] * 3 + [N * F]  # N -> N + B -> compress -> N
-            assert all((f, layer) in events_at for f, n in sizes[layer] if n == N * F and f >= 21)
+            assert sizes[layer] == expect_sizes
     else:
         assert sorted({f for f, _ in events_at}) == overflow
         assert kinds == {"evict"}  # Deep Sink's sink move is part of its one "evict" record
@@ -370,15 +391,17 @@ def _expected_frames(mode, T, L, S, N=16, R=4, cap=7):
     return cache
 
 
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", *NEW])
 def test_ramp_cache_holds_exactly_the_expected_frames(name):
     cfg = POLICIES[name]
     policy = build_policy(**cfg)
     kv = make_kv(policy, layers=2, batch=2)
+    L = policy.window_frames
+    pc = dict(N=policy.budget, R=policy.recent) if cfg["mode"] == "deep_sink_pc" else {}
     T = 90  # 30 chunks; PC's oldest candidates hit the reuse cap of 7 and get replaced
     qkv = ramp_qkv(lambda fr, tok: -fr, batch=2)
     for f in drive(kv, T // B, qkv):
-        expect = _expected_frames(cfg["mode"], f + B, 21, policy.sink_size)
+        expect = _expected_frames(cfg["mode"], f + B, L, policy.sink_size, **pc)
         for layer in range(2):
             c = kv.layers[layer]
             want = torch.tensor(expect).repeat_interleave(F)
@@ -387,17 +410,18 @@ def test_ramp_cache_holds_exactly_the_expected_frames(name):
             assert torch.equal(v[..., 0], want.float().expand(2, -1))
             assert v[..., 1].eq(4).all() and v[..., 3].eq(layer).all()  # written by the clean pass, this layer
             assert torch.equal(v[..., 2], torch.arange(F).repeat(len(expect)).float().expand(2, -1))
-    final = _expected_frames(cfg["mode"], T, 21, policy.sink_size)
-    if cfg["mode"] == "deep_sink_pc":
+    final = _expected_frames(cfg["mode"], T, L, policy.sink_size, **pc)
+    if name == "deep_sink_pc":
         # frames 10, 11 were picked at f = 21 .. 57 (7 times), then excluded; 56, 57 took over at f = 63
         assert final == list(range(10)) + [56, 57, 86, 87, 88, 89]
         assert kv.layers[0].t_pos[0, 0].item() == 87 - 16  # sink at f - N of the last compression (f = 87)
-    else:
-        assert final == list(range(policy.sink_size)) + list(range(T - 21 + policy.sink_size, T))
+    elif cfg["mode"] != "deep_sink_pc":
+        assert final == list(range(policy.sink_size)) + list(range(T - L + policy.sink_size, T))
 
 
 # ----------------------------------------------------------------------------- 5. state and length; batching
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", "infinite_forcing",
+                                  "longlive_infinite", "deep_sink_pc_w12_gap0"])
 def test_prompts_in_one_process_equal_fresh_pipelines(name):
     model = tiny_model(7)
     noise = torch.randn(2, 30, *LATENT, generator=torch.Generator().manual_seed(8))
@@ -435,7 +459,7 @@ def test_pc_batch_of_two_equals_two_single_runs():
         assert torch.allclose(both[i:i + 1], single, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", *NEW])
 def test_rollout_past_latent_frame_1100(name):
     model = tiny_model(2)
     cfg = RolloutConfig(denoising_step_list=[1000])  # one step + clean pass per chunk keeps this fast
@@ -445,6 +469,8 @@ def test_rollout_past_latent_frame_1100(name):
     c = pipe.kv.layers[0]
     assert c.frame[0, c.n - 1] == 1103 and c.frame[0, 0] == 0  # the sink survived (frame 0 is a sink frame)
     assert c.n <= 21
+    if POLICIES[name]["mode"] != "self_forcing":  # moving sinks: positions relative to the chunk stay bounded
+        assert (c.t_pos[0, :c.n] - pipe.kv.base).abs().max() < 2 * pipe.policy.window_frames
 
 
 # --------------------------------------------------------------------------------- configuration and modes
@@ -482,8 +508,17 @@ def test_select_mode_follows_upstream_flags():
     (dict(mode="deep_sink_pc", sink_size=10, budget=0), 3, "positive"),
     (dict(mode="deep_sink_pc", sink_size=10, reuse_cap=-1), 3, "reuse_cap=-1"),
     (dict(mode="self_forcing", local_attn_size=0), 3, "local_attn_size=0"),
+    (dict(mode="infinite_forcing", local_attn_size=12, sink_size=4), 3, "sink_size=4 is larger than the chunk"),
+    (dict(mode="infinite_forcing", local_attn_size=6, sink_size=1), 6, "exceeds the window"),
+    (dict(mode="infinite_forcing"), 2, None),  # the released W 6, S 1 with 2-frame chunks is fine
+    (dict(mode="deep_sink", sink_size=10, sink_gap=-1), 3, "sink_gap=-1"),
+    (dict(mode="deep_sink", local_attn_size=6, sink_size=4), 3, "sink_size=4"),
+    (dict(mode="deep_sink_pc", local_attn_size=6, sink_size=1), 3, "--Budget=16"),
+    (dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=12, recent=2), 3, "--Recent=2"),
 ])
 def test_invalid_settings_raise_one_clear_error(kwargs, chunk, match):
+    if match is None:
+        return build_policy(**kwargs).validate(chunk)
     with pytest.raises(ValueError, match=match) as err:
         build_policy(**kwargs).validate(chunk)
     assert isinstance(err.value, CachePolicyError) and "\n" not in str(err.value)
