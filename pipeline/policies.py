@@ -101,33 +101,24 @@ class CachePolicy:
 
 
 def fifo_keep_index(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> torch.Tensor | None:
-    """Indices [m] of the committed tokens FIFO eviction keeps so that context + new chunk fits ``window_frames``.
-
-    The first ``sink_frames`` frames are always kept; None when nothing has to go.
-    """
-    cache, chunk = kv.layers[layer], kv.chunk
+    """Committed tokens [m] FIFO keeps (the first ``sink_frames`` frames always) so context + chunk fit the window."""
+    cache, chunk, device = kv.layers[layer], kv.chunk, kv.layers[layer].k.device
     F = chunk.tokens_per_frame
     evict = cache.n // F + chunk.num_frames - window_frames
     if evict <= 0:
-        return None
+        return None  # nothing has to go
     sink = min(sink_frames * F, cache.n)
-    device = cache.k.device
     return torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
 
 
-def place_sink(plan: Plan, kept_tokens: int, chunk_start: int, tokens_per_frame: int, sink_frames: int,
-               gap: int, device) -> Plan:
-    """Add the sink's positions to ``plan``: ``gap`` unused time indices between the sink and the oldest kept frame.
-
-    With c = ceil(kept_tokens / F) frames kept, sink frame j gets ``chunk_start - c - gap + j`` (docs/cache.md).
-    """
-    F = tokens_per_frame
-    sink = min(sink_frames * F, kept_tokens)
-    if sink:
-        start = chunk_start - -(-kept_tokens // F) - gap
-        plan.writes.append(("t_pos", 0, torch.arange(start, start + sink_frames, device=device).repeat_interleave(F)[
-            :sink]))
-        plan.sink_start = start
+def place_sink(plan: Plan, kv: KVCache, sink_frames: int, gap: int) -> Plan:
+    """Add the sink's positions to ``plan``: sink frame j at ``f - c - gap + j``, c = frames kept (docs/cache.md)."""
+    F, kept = kv.tokens_per_frame, plan.keep.shape[-1]
+    sink = min(sink_frames * F, kept)
+    if sink:  # ``gap`` unused positions between the sink and the oldest kept frame
+        plan.sink_start = kv.chunk.start_frame - -(-kept // F) - gap
+        frames = torch.arange(plan.sink_start, plan.sink_start + sink_frames, device=plan.keep.device)
+        plan.writes.append(("t_pos", 0, frames.repeat_interleave(F)[:sink]))
     return plan
 
 
@@ -175,11 +166,7 @@ class DeepSink(SelfForcingWindow):
     def plan(self, kv: KVCache, layer: int) -> Plan | None:
         """FIFO-evict when the chunk would overflow, then place the sink ``gap`` indices before the tail."""
         plan = super().plan(kv, layer)
-        if plan is None:
-            return None
-        chunk = kv.chunk
-        return place_sink(plan, plan.keep.shape[-1], chunk.start_frame, chunk.tokens_per_frame, self.sink_size,
-                          self.gap(chunk.num_frames), plan.keep.device)
+        return None if plan is None else place_sink(plan, kv, self.sink_size, self.gap(kv.chunk.num_frames))
 
 
 @dataclass
@@ -324,7 +311,7 @@ class ParticipativeCompression(DeepSink):
             eligible = (picks < self.reuse_cap).sum(1) if self.reuse_cap > 0 else torch.full((batch,), cand_end - sink)
             plan.extras = {"candidates": (sink, cand_end), "scores": scores, "selected": chosen + sink,
                            "picks": new_picks, "eligible": eligible}
-        return place_sink(plan, keep.shape[1], f, F, self.sink_size, self.gap(B), device)
+        return place_sink(plan, kv, self.sink_size, self.gap(B))
 
 
 def policy_parameters(mode: str) -> tuple[str, ...]:
