@@ -95,8 +95,9 @@ class CachePolicy:
         return None
 
     def describe(self) -> dict:
-        """The mode, its parameters and the window, for sidecars and logs."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "trace"}
+        """The mode, its parameters (unset ones left out) and the window, for sidecars and logs."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "trace"
+               and getattr(self, f.name) is not None}
         return {"mode": self.name, **own, "window_frames": self.window_frames}
 
 

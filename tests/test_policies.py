@@ -156,10 +156,10 @@ def test_policy_invariants_over_a_rollout(name):
     def on_event(rec):
         f, layer = rec["chunk_start"], rec["layer"]
         assert calls[(f, layer)] == 1  # only on the first call of a chunk
-        assert rec["tokens_before"] + B * F > L * F or rec["event"] == "realign"  # only on overflow
+        assert rec["tokens_before"] + B * F > L * F  # only on overflow
         events_at.setdefault((f, layer), []).append(rec["event"])
-        if rec["event"] != "realign":  # kept indexes the pre-event cache (snap: state after the last commit)
-            assert torch.equal(torch.gather(snap[layer][3], 1, rec["kept"]), rec["frames"])
+        # kept indexes the pre-event cache (snap: state after the last commit)
+        assert torch.equal(torch.gather(snap[layer][3], 1, rec["kept"]), rec["frames"])
         trace.append(rec)
 
     policy.observe_queries = watched
@@ -203,17 +203,17 @@ def test_deep_sink_worked_example():
     kv = make_kv(policy)
     for f in drive(kv, 10, ramp_qkv(lambda fr, tok: fr)):
         pass
-    realign = {r["chunk_start"]: r for r in trace if r["event"] == "evict"}
-    assert sorted(realign) == [21, 24, 27]
+    evict = {r["chunk_start"]: r for r in trace if r["event"] == "evict"}
+    assert sorted(evict) == [21, 24, 27]
     for f, start in [(21, 0), (24, 3), (27, 6)]:
-        t = realign[f]["t_pos"][0]
+        t = evict[f]["t_pos"][0]
         assert t[:14 * F].tolist() == list(torch.arange(start, start + 14).repeat_interleave(F))  # [f-L, f-L+S)
-        assert realign[f]["sink_start"] == f - 21
-    t27 = realign[27]["t_pos"][0]
+        assert evict[f]["sink_start"] == f - 21
+    t27 = evict[27]["t_pos"][0]
     tail_oldest = int(t27[14 * F])
     assert tail_oldest == 27 + 3 - (21 - 14) == 23  # f + B - (L - S), its true frame index
     assert tail_oldest - int(t27[14 * F - 1]) - 1 == 3  # B unused indices: the one-chunk gap
-    assert realign[24]["shift"] == realign[27]["shift"] == 3
+    assert evict[24]["shift"] == evict[27]["shift"] == 3
 
 
 def test_deep_sink_pc_worked_example():
@@ -481,8 +481,12 @@ def test_build_policy_modes_and_describe():
     pc = build_policy("deep_sink_pc", sink_size=10, budget=16, recent=4, reuse_cap=5, realign_topc=True)
     assert isinstance(pc, ParticipativeCompression)
     assert pc.describe() == {"mode": "deep_sink_pc", "local_attn_size": 21, "sink_size": 10, "window_frames": 21,
-                             "global_cap_frames": 21, "sink_gap": None, "budget": 16, "recent": 4,
-                             "reuse_cap": 5, "realign_topc": True}
+                             "global_cap_frames": 21, "budget": 16, "recent": 4, "reuse_cap": 5,
+                             "realign_topc": True}
+    assert build_policy("deep_sink", sink_size=14, sink_gap=0).describe()["sink_gap"] == 0
+    assert build_policy("infinite_forcing").describe() == {"mode": "infinite_forcing", "local_attn_size": 6,
+                                                           "sink_size": 1, "window_frames": 6,
+                                                           "global_cap_frames": 21, "sink_gap": 0}
     assert build_policy("deep_sink_pc", local_attn_size=-1, sink_size=10).window_frames == 21
     with pytest.raises(CachePolicyError, match="unknown"):
         build_policy("streaming")
