@@ -40,7 +40,7 @@ class Plan:
 
 
 class LayerKVCache:
-    """Storage of one layer: k, v [batch, cap, H, D]; t_pos, frame [batch, cap] (int64); ``n`` committed tokens (host int).
+    """Storage of one layer: k, v [batch, cap, H, D]; t_pos, frame [batch, cap] (int64); ``n`` committed tokens.
 
     The chunk being denoised is *staged* after the committed tokens (``staged`` tokens); every call of the chunk
     overwrites the staged slots and ``commit()`` (after the clean pass) makes them part of the context.
@@ -96,7 +96,7 @@ class LayerKVCache:
         return self.k[:, :end], self.v[:, :end], self.t_pos[:, :end]
 
     def keep(self, idx: torch.Tensor) -> None:
-        """Keep committed tokens ``idx`` ([m] shared or [batch, m] per sample), in that order, compacted to the front."""
+        """Keep committed tokens ``idx`` ([m] shared or [batch, m] per sample), in that order, at the front."""
         if self.staged:
             raise RuntimeError("keep() must run before the chunk is staged")
         m = idx.shape[-1]

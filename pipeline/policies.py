@@ -278,7 +278,7 @@ class ParticipativeCompression(DeepSink):
         self._q_pos[layer] = q_pos[-self.recent:]
 
     def score(self, kv: KVCache, layer: int, start: int, end: int) -> torch.Tensor:
-        """Scores [batch, end - start] (float32) of committed tokens ``[start, end)``: sum over recent q, heads of q.k."""
+        """Scores [batch, end - start] (float32) of tokens ``[start, end)``: sum over recent q and heads of q.k."""
         cache = kv.layers[layer]
         q_sum = self._q_sum[layer]
         if q_sum is None or end <= start:

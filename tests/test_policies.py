@@ -375,7 +375,7 @@ def test_pc_scores_on_a_bfloat16_cache():
 
 # ---------------------------------------------------------------------------------------------- 6. ramp test
 def _expected_frames(mode, T, L, S, N=16, R=4, cap=7):
-    """Frame-level simulation of the SPEC rules with frame score -frame (older candidates preferred)."""
+    """Frame-level simulation of the rules of docs/cache.md with frame score -frame (older candidates preferred)."""
     cache, picks = [], {}
     for f in range(0, T, B):
         if len(cache) + B > L:

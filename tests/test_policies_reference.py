@@ -2,7 +2,7 @@
 
 The reference shares only the model's weights and forward with the library: its cache is a plain object with
 per-layer python lists of tokens (key, value, explicit absolute time position, source frame, pick count), the policy
-rules re-implemented from the SPEC text with explicit loops, keys time-rotated at absolute positions with complex
+rules re-implemented from docs/cache.md with explicit loops, keys time-rotated at absolute positions with complex
 numbers (no re-basing), and its own chunk loop. No KVCache, no policy class.
 """
 import pytest
@@ -37,7 +37,7 @@ class Token:
 
 
 class NaiveCache:
-    """Explicit token lists per layer and the SPEC 4.1-4.3 rules; same update() protocol the model calls."""
+    """Explicit token lists per layer and the rules of docs/cache.md; same update() protocol the model calls."""
 
     base = 0  # absolute positions everywhere
 
@@ -68,7 +68,7 @@ class NaiveCache:
         return keys, values
 
     def event(self, layer, f):
-        """The SPEC rule of this mode for the chunk starting at f (before it is staged)."""
+        """The rule of this mode for the chunk starting at f (before it is staged)."""
         F, L, S, cache = self.F, self.L, self.S, self.committed[layer]
         frames = len(cache) // F
         if frames + B <= L:
