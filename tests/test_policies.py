@@ -532,3 +532,25 @@ def test_pipeline_validates_the_policy_against_the_chunk_size():
     with pytest.raises(CachePolicyError, match="--Recent=2"):
         CausalInferencePipeline(tiny_model(), RolloutConfig(), build_policy("deep_sink_pc", sink_size=10, recent=2,
                                                                             budget=16))
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_plans_read_the_cache_and_never_write_it(name):
+    """Policies decide, the cache applies: ``plan`` leaves every per-token field as it found it."""
+    policy = build_policy(**POLICIES[name])
+    kv = make_kv(policy, layers=2, batch=2)
+    plans, original = [], policy.plan
+
+    def checked(kv, layer):
+        c = kv.layers[layer]
+        before = [t.clone() for t in (c.k, c.v, c.t_pos, c.frame, *c.aux.values())], c.n, c.staged
+        plan = original(kv, layer)
+        after = [c.k, c.v, c.t_pos, c.frame, *c.aux.values()], c.n, c.staged
+        assert before[1:] == after[1:] and all(torch.equal(x, y) for x, y in zip(before[0], after[0]))
+        plans.append(plan)
+        return plan
+
+    policy.plan = checked
+    for _ in drive(kv, 16, ramp_qkv(lambda fr, tok: -fr, batch=2)):
+        pass
+    assert len(plans) == 32 and sum(p is not None for p in plans) >= 8
