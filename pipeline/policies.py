@@ -76,9 +76,10 @@ class CachePolicy:
         if chunk_frames < 1:
             raise CachePolicyError(f"num_frame_per_block={chunk_frames} must be >= 1")
         if S + chunk_frames > L:
+            fix = (f"use sink_size <= {L - chunk_frames}" if L >= chunk_frames else
+                   f"use local_attn_size >= {S + chunk_frames} (or -1 for global attention)")
             raise CachePolicyError(f"sink_size={S} + chunk of {chunk_frames} frames exceeds the window "
-                                   f"local_attn_size={L}: no frame could ever be evicted; use sink_size <= "
-                                   f"{L - chunk_frames}")
+                                   f"local_attn_size={L}: no frame could ever be evicted; {fix}")
 
     def capacity_frames(self, chunk_frames: int) -> int:
         """Storage to preallocate, in frames: the committed window plus one staged chunk."""
@@ -155,7 +156,8 @@ class DeepSink(SelfForcingWindow):
         super()._check()
         if self.sink_size >= self.window_frames:
             raise CachePolicyError(f"sink_size={self.sink_size} must be smaller than the window "
-                                   f"local_attn_size={self.window_frames}; lower sink_size in the YAML model_kwargs")
+                                   f"local_attn_size={self.window_frames}; use sink_size <= {self.window_frames - 1} "
+                                   f"(model_kwargs.sink_size) or a larger window")
         if self.sink_gap is not None and self.sink_gap < 0:
             raise CachePolicyError(f"sink_gap={self.sink_gap} is invalid: use 0 (sink right before the oldest "
                                    f"frame), a positive number of frames, or leave it unset (the chunk size)")
@@ -238,9 +240,11 @@ class ParticipativeCompression(DeepSink):
         if self.reuse_cap < 0:
             raise CachePolicyError(f"reuse_cap={self.reuse_cap} must be >= 0 (7 as released; 0 turns the cap off)")
         if not S + R <= N <= L:
+            fix = (f"choose --Budget between {S + R} and {L}" if S + R <= L else
+                   f"sink_size + --Recent = {S + R} exceeds the window, so no budget fits: use --Recent <= {L - S} "
+                   f"or sink_size <= {L - R}")
             raise CachePolicyError(f"Deep Sink + PC needs sink_size + --Recent <= --Budget <= local_attn_size, got "
-                                   f"sink_size={S}, --Recent={R}, --Budget={N}, local_attn_size={L}; choose --Budget "
-                                   f"between {S + R} and {L} (or lower sink_size / --Recent)")
+                                   f"sink_size={S}, --Recent={R}, --Budget={N}, local_attn_size={L}; {fix}")
 
     def validate(self, chunk_frames: int) -> None:
         """Base checks plus R >= B (the new chunk must lie inside the recent frames)."""
