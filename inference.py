@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
                     "instead of the prompt, which still names the file")
-    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, --demo: output/demo)")
+    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, "
+                    "--demo: output/demo)")
     up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
                     f"size (default {frames} = {video_frames(frames)} video frames); the video has 4T-3")
     up.add_argument("--use_ema", action="store_true", default=None, help="use the checkpoint's generator_ema "

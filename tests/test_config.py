@@ -199,3 +199,11 @@ def test_test_only_policy_selectable_through_the_cli(test_policy, tmp_path, monk
     record = json.loads(sidecar.read_text())
     assert record["mode"] == "test_no_sink_window" and record["cache"]["sink_size"] == 0
     assert built == [("test_no_sink_window",)]   # built once, in the settings; the runner reuses it
+
+
+def test_infinite_forcing_yaml_runs_as_self_forcing_window():
+    """Infinite-Forcing's vsink1 file (window 6, sink 1) gives a valid cache with --mode self_forcing."""
+    loaded = config_from_args(args_for("--config_path", str(FAMILY / "self_forcing_dmd_vsink1.yaml"), "--mode",
+                                       "self_forcing"))
+    d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
+    assert (d["mode"], d["local_attn_size"], d["sink_size"]) == ("self_forcing", 6, 1)
