@@ -187,7 +187,7 @@ def _omegaconf_error(exc: OmegaConfBaseException, label: str) -> CLIError:
         hint = f" Did you mean '{guess}'?" if guess else ""
         return CLIError(f"{label}: unknown config key '{key}'.{hint} Fix or remove it; the keys are listed in "
                         f"README 'Configs' (sink, window and shift live under model_kwargs).")
-    msg = " ".join(str(getattr(exc, "msg", exc)).split())
+    msg = str(exc).strip().splitlines()[0]
     return CLIError(f"{label}: config key '{key}' has a value of the wrong type ({msg}); see README 'Configs'.")
 
 
