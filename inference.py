@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from app.cli_config import NOISE_ORDERS, CLIError, RunConfig
+from app.cli_config import NOISE_ORDERS, CLIError, RunConfig, policy_default
 from app.outputs import pending_slots, plan_outputs
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
@@ -75,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "{idx}-{sample}_{ema|regular}.mp4 (key save_with_index)")
     up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only (mode deep_sink); "
                     "0: the config's mode (default deep_sink_pc: Deep Sink + Participative Compression)")
-    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (key budget; default: the "
-                    "policy's, 16)")
-    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (key recent; default: the "
-                    "policy's, 4)")
+    up.add_argument("--Budget", type=int, default=None, help=f"PC budget N in frames (key budget; default "
+                    f"{policy_default('budget')})")
+    up.add_argument("--Recent", type=int, default=None, help=f"PC recent frames R (key recent; default "
+                    f"{policy_default('recent')})")
     ours = p.add_argument_group("this project")
     ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
                       "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")

@@ -308,6 +308,12 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     return loaded
 
 
+def policy_default(param: str) -> Any:
+    """The default of a cache parameter, from the first registered policy class that declares it (for help texts)."""
+    from pipeline.policies import POLICIES
+    return next(f.default for cls in POLICIES.values() for f in dataclasses.fields(cls) if f.name == param)
+
+
 def rollout_params(cfg: RunConfig) -> dict:
     """The keys of ``RolloutConfig`` (the shift comes from model_kwargs, as upstream inference does)."""
     return dict(denoising_step_list=list(cfg.denoising_step_list), warp_denoising_step=cfg.warp_denoising_step,

@@ -215,8 +215,9 @@ def build_rollout(loaded: LoadedConfig) -> RolloutConfig:
 def build_cache_policy(loaded: LoadedConfig, chunk_frames: int) -> CachePolicy:
     """The run's cache policy, built once from the config and validated by the policy against the chunk size."""
     mode = loaded.cfg.mode
-    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}  # None: the
-    try:                                                                                   # policy's own default
+    # cache keys left at None take the policy class's own default
+    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}
+    try:
         policy = build_policy(mode, **params)
         policy.validate(chunk_frames)
     except CachePolicyError as exc:
