@@ -2,6 +2,7 @@
 policy selected by name through the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -205,3 +206,10 @@ def test_infinite_forcing_yaml_runs_as_self_forcing_window():
                                        "self_forcing"))
     d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
     assert (d["mode"], d["local_attn_size"], d["sink_size"]) == ("self_forcing", 6, 1)
+
+
+def test_readme_lists_the_schema_defaults():
+    """The README's table of keys is the schema's defaults (a copy for readers, checked so it cannot drift)."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("The keys and their defaults:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == dataclasses.asdict(RunConfig())
