@@ -25,7 +25,7 @@ import sys
 from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from app.cli_config import NOISE_ORDERS, CLIError, RunConfig
+from app.cli_config import NOISE_ORDERS, CLIError, RunConfig, policy_default
 from app.outputs import pending_slots, plan_outputs
 from app.progress import progress_bar
 from app.prompts import shard
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
                     "instead of the prompt, which still names the file")
-    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, --demo: output/demo)")
+    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, "
+                    "--demo: output/demo)")
     up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
                     f"size (default {frames} = {video_frames(frames)} video frames); the video has 4T-3")
     up.add_argument("--use_ema", action="store_true", default=None, help="use the checkpoint's generator_ema "
@@ -74,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "{idx}-{sample}_{ema|regular}.mp4 (key save_with_index)")
     up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only (mode deep_sink); "
                     "0: the config's mode (default deep_sink_pc: Deep Sink + Participative Compression)")
-    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (key budget; default: the "
-                    "policy's, 16)")
-    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (key recent; default: the "
-                    "policy's, 4)")
+    up.add_argument("--Budget", type=int, default=None, help=f"PC budget N in frames (key budget; default "
+                    f"{policy_default('budget')})")
+    up.add_argument("--Recent", type=int, default=None, help=f"PC recent frames R (key recent; default "
+                    f"{policy_default('recent')})")
     ours = p.add_argument_group("this project")
     ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
                       "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
