@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.cli_config import MODES, NOISE_ORDERS, REPO_ROOT, CLIError
-from app.outputs import pending_slots, plan_outputs
+from app.outputs import claim_slots, pending_slots, plan_outputs
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
 
@@ -163,7 +163,8 @@ def run(settings, runner=None, stdin=None) -> int:
     plan = output_plan(settings)
     mine = shard(settings.jobs, dist.rank, dist.world_size)
     # An interactive video depends on what is typed: it is never "already finished", it is made again.
-    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite or settings.interactive)
+    redo_all = settings.overwrite or settings.interactive
+    todo, finished = pending_slots(mine, plan, settings.request, redo_all)
     todo, redo = add_missing_latents(mine, plan, todo, settings)
     finished -= redo
     logger.info("%d prompt(s) in total; this rank: %d video(s) already finished, %d prompt(s) to render -> %s",
@@ -181,7 +182,11 @@ def run(settings, runner=None, stdin=None) -> int:
     try:
         with logging_redirect_tqdm():
             for job, slots in tqdm(todo, desc="prompts", unit="prompt", disable=not progress):
-                result = runner.render(job, slots, live=live)
+                # each video is locked while it is made: other runs on this folder skip it (README: resuming)
+                with claim_slots(job, slots, settings.request, redo_all) as claimed:
+                    if not claimed:
+                        continue
+                    result = runner.render(job, claimed, live=live)
                 written.extend(result.written)
                 for path in result.written:
                     logger.info("wrote %s (%.1f s)", path, result.timings["total"])
