@@ -98,9 +98,13 @@ class OutputSlot:
         """Where ``--save_latents`` puts the latents of the video (``name.pt`` next to ``name.mp4``)."""
         return self.video.with_suffix(LATENTS_SUFFIX)
 
-    def parts(self) -> tuple[Path, Path, Path]:
-        """Temporary names of the video, the sidecar and the latents while they are written."""
-        return part_path(self.video), part_path(self.sidecar), part_path(self.latents)
+    def parts(self) -> tuple[Path, Path]:
+        """Temporary names of the video and the sidecar while they are written."""
+        return part_path(self.video), part_path(self.sidecar)
+
+    def all_parts(self) -> tuple[Path, Path, Path]:
+        """Temporary names of the video, the sidecar and the latents (``--save_latents``)."""
+        return (*self.parts(), part_path(self.latents))
 
 
 def part_path(path: Path) -> Path:
@@ -199,7 +203,7 @@ def _log_redo(slot: OutputSlot, why: str) -> None:
 
 def remove_stale_parts(slot: OutputSlot) -> list[Path]:
     """Delete leftover temporary files of ``slot`` unless a live run holds its lock; returns what was removed."""
-    if not any(p.exists() for p in slot.parts()):
+    if not any(p.exists() for p in slot.all_parts()):
         return []
     lock = VideoLock(slot.video)
     if not lock.acquire():
@@ -270,7 +274,7 @@ def claim_slots(job: PromptJob, slots: list[OutputSlot], request: Callable[[Prom
 def remove_parts(slot: OutputSlot) -> list[Path]:
     """Delete temporary files of ``slot`` (call only while holding its lock); returns what was removed."""
     removed = []
-    for p in slot.parts():
+    for p in slot.all_parts():
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed.append(p)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from app.cli_config import DEFAULT_CONFIG, REPO_ROOT, SCHEMA, CLIError, load_config, parse_override
-from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, part_path,
-                           plan_outputs, remove_parts, sanitize, write_json_atomic)
+from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, file_record,
+                           part_path, plan_outputs, remove_parts, sanitize, write_json_atomic)
 from app.prompts import PromptJob, load_prompt_jobs, read_lines, shard
 from app.runtime import DistEnv
 from media.video import to_uint8, write_mp4
@@ -245,7 +245,7 @@ def test_check_finished(tmp_path):
     slot.video.write_bytes(b"mp4")
     done, why = check_finished(slot, request)
     assert not done and "sidecar" in why
-    write_json_atomic(slot.sidecar, {"request": request})
+    write_json_atomic(slot.sidecar, {"request": request, "mp4": file_record(slot.video)})
     assert check_finished(slot, request) == (True, "")
     done, why = check_finished(slot, {**request, "seed": 2})
     assert not done and "seed" in why
