@@ -246,26 +246,26 @@ def test_two_runs_share_a_folder_one_killed(tmp_path, tiny_model_files, cli_env)
     out = tmp_path / "out"
     args = [sys.executable, str(REPO_ROOT / "inference.py"), *model_args(tiny_model_files), "--data_path", str(data),
             "--output_folder", str(out), "--num_output_frames", "3"]
-    slow = cli_env(DEEP_FORCING_DEBUG_FRAME_DELAY="0.4")                    # ~3.6 s to write each 9-frame video
-    first = subprocess.Popen(args, cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = None
+    slow = cli_env(DEEP_FORCING_DEBUG_FRAME_DELAY="0.6")                    # ~5.4 s to write each 9-frame video
+    first, second = (subprocess.Popen(args, cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2))
     try:
-        _wait(lambda: first.pid in _lock_owner_pids(out))                    # the first run is making a video
-        second = subprocess.Popen(args, cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-        lock = _wait(lambda: _lock_owner_pids(out).get(second.pid))
+        lock = _wait(lambda: _lock_owner_pids(out).get(second.pid), timeout=240)  # the second run claimed a video
         part = lock.with_name(lock.name.removesuffix(".lock") + ".part")
-        _wait(part.exists)                                                   # ... mid-video
+        _wait(part.exists)                                                   # ... and is writing it
         second.send_signal(signal.SIGKILL)
         _, second_err = second.communicate(timeout=60)
         _, first_err = first.communicate(timeout=300)
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
+            if proc.poll() is None:
                 proc.kill()
-    assert second.returncode == -signal.SIGKILL
-    assert "skipping" in second_err and "another run" in second_err         # it left the first run's video alone
-    assert first.returncode == 0, first_err
+    assert second.returncode == -signal.SIGKILL and first.returncode == 0, first_err
+    # the runs split the list: the one that lost the race for a video skipped it instead of writing it too
+    assert "skipping" in first_err + second_err and "another run" in first_err + second_err
+    written = [line.split("wrote ")[1].split(" (")[0] for line in (first_err + second_err).splitlines()
+               if " wrote " in line]
+    assert len(written) == len(set(written))
     r = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert videos_and_sidecars_agree(out) == {f"{p}-0.mp4": 9 for p in ("a red fox in snow", "a city at night",
@@ -287,22 +287,23 @@ def test_lone_surrogate_in_a_schedule_is_an_error_before_loading(run_cli, tmp_pa
 
 
 def test_non_utf8_interactive_line_and_file_name(tmp_path, tiny_model_files, cli_env):
-    """A line typed in another encoding and a schedule file whose name is not UTF-8: the run finishes, every mp4
-    has its sidecar, undecodable bytes appear as U+FFFD."""
-    folder = os.fsencode(tmp_path)
-    schedule = os.fsdecode(folder + b"/caf\xe9.jsonl")                      # Latin-1 file name
-    Path(schedule).write_text('{"start": 0, "prompt": "a quiet street"}\n', encoding="utf-8")
-    cmd = [sys.executable, str(REPO_ROOT / "inference.py"), *model_args(tiny_model_files), "--prompt_schedule",
-           schedule, "--output_folder", "out", "--interactive", "--endless"]
+    """A line typed in another encoding, and a prompt file whose name is not UTF-8 (it names the sub-folder): the
+    run finishes, every mp4 has its sidecar, undecodable bytes appear as U+FFFD."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    Path(os.fsdecode(os.fsencode(prompts) + b"/caf\xe9.txt")).write_text("a quiet street\n", encoding="utf-8")
+    cmd = [sys.executable, str(REPO_ROOT / "inference.py"), *model_args(tiny_model_files), "--data_path",
+           str(prompts), "--output_folder", "out", "--interactive", "--endless"]
     r = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), input=b"un caf\xe9 noir\n", capture_output=True,
                        timeout=300)
     stderr = r.stderr.decode("utf-8", "replace")
     assert r.returncode == 0, stderr
-    videos = list((tmp_path / "out").glob("*.mp4"))
-    assert [v.name for v in videos] == ["caf\ufffd-0.mp4"]
+    videos = list((tmp_path / "out").rglob("*.mp4"))
+    assert [v.relative_to(tmp_path / "out").as_posix() for v in videos] == ["caf\ufffd/a quiet street-0.mp4"]
     side = json.loads(videos[0].with_suffix(".json").read_text(encoding="utf-8"))
     assert [s["prompt"] for s in side["prompt_switches"]] == ["un caf\ufffd noir"]
     assert probe(videos[0])["frames"] == side["num_frames"] and side["mp4"] == file_record(videos[0])
+    assert not leftovers(tmp_path / "out")
 
 
 def test_live_prompts_replace_undecodable_bytes(caplog):
