@@ -32,11 +32,12 @@ DEFAULT_CRF = 18   # visually lossless H.264
 MACRO_BLOCK = 16   # frame sizes must be multiples of this, or the encoder would pad
 PRESET = "medium"  # x264's default
 TUNE = "zerolatency"  # no frame delay in the encoder: a chunk's frames can be written as soon as they exist
-# Key frames only where a fragment starts (forced), never from x264's own scene-cut or interval decisions, so every
-# fragment holds exactly one chunk.
-X264_PARAMS = "scenecut=0:keyint=infinite"
 CONTAINER = "fragmented mp4 (one fragment per chunk, each starting with a key frame)"
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+frag_discont+skip_trailer"
+# A key frame x264 places itself (a scene cut) must not split a chunk: the muxer may start a new fragment only after
+# this many microseconds (the option's maximum, 35 minutes, far more than a chunk lasts), so it writes the one
+# fragment of its chunk when it is closed.
+MIN_FRAGMENT_US = str(2 ** 31 - 1)
 HEAD_BOXES = (b"ftyp", b"moov")      # written once, from the first fragment's muxer
 FRAGMENT_BOXES = (b"moof", b"mdat")  # appended for every fragment
 FPS_DENOMINATOR = 1001               # frame rates are represented exactly up to this denominator (30000/1001)
@@ -133,6 +134,7 @@ class Mp4Writer:
         self._job: concurrent.futures.Future | None = None
         self._closed = False
         self._encoder = self._open_encoder(width, height, crf, threads)
+        self._to_yuv = None                           # the RGB -> yuv420p converter, made with the first frame
         self._file: BinaryIO = open(self.path, "wb")
 
     def _open_encoder(self, width: int, height: int, crf: int, threads: int):
@@ -142,8 +144,7 @@ class Mp4Writer:
         enc.width, enc.height, enc.pix_fmt = width, height, PIXEL_FORMAT
         enc.time_base, enc.framerate = 1 / self.rate, self.rate
         enc.thread_count = threads
-        enc.options = {"crf": str(crf), "preset": PRESET, "tune": TUNE, "forced-idr": "1",
-                       "x264-params": X264_PARAMS}
+        enc.options = {"crf": str(crf), "preset": PRESET, "tune": TUNE, "forced-idr": "1"}
         enc.open()
         return enc
 
@@ -152,9 +153,11 @@ class Mp4Writer:
     def _encode(self, frames: list[np.ndarray]) -> list:
         """Packets of ``frames`` (uint8 [H, W, 3] each), the first one an IDR frame."""
         import av
+        if self._to_yuv is None:
+            self._to_yuv = av.video.reformatter.VideoReformatter()   # keeps its scaler from frame to frame
         packets = []
         for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=PIXEL_FORMAT)
+            frame = self._to_yuv.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format=PIXEL_FORMAT)
             frame.pts, frame.time_base = self.frames_in_file + i, self._encoder.time_base
             frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
             packets += self._encoder.encode(frame)
@@ -167,7 +170,8 @@ class Mp4Writer:
         """The mp4 bytes of one muxer holding exactly ``packets``: ftyp, moov, then one moof + mdat."""
         import av
         buf = io.BytesIO()
-        options = {"movflags": MOVFLAGS, "avoid_negative_ts": "disabled", "fragment_index": str(self.fragments + 1)}
+        options = {"movflags": MOVFLAGS, "min_frag_duration": MIN_FRAGMENT_US, "avoid_negative_ts": "disabled",
+                   "fragment_index": str(self.fragments + 1)}
         with av.open(buf, "w", format="mp4", options=options) as mux:
             stream = mux.add_stream("h264", rate=self.rate)
             stream.width, stream.height = self.size
@@ -185,8 +189,8 @@ class Mp4Writer:
         keep = FRAGMENT_BOXES if self.fragments else HEAD_BOXES + FRAGMENT_BOXES
         boxes = list(iter_boxes(data))
         kinds = [kind for kind, _ in boxes]
-        if kinds.count(b"moof") != 1:
-            raise RuntimeError(f"the mp4 muxer wrote {kinds.count(b'moof')} fragments for one chunk ({kinds})")
+        if b"moof" not in kinds or (not self.fragments and kinds[:2] != list(HEAD_BOXES)):
+            raise RuntimeError(f"the mp4 muxer wrote an unexpected box layout ({kinds})")
         out = b"".join(body for kind, body in boxes if kind in keep)
         self._file.write(out)
         self._file.flush()

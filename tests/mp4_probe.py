@@ -39,8 +39,14 @@ def fragments(path: Path) -> list[tuple[int, int]]:
             trun = data.index(b"trun", pos, pos + size)
             flags = int.from_bytes(data[trun + 5:trun + 8], "big")
             count = struct.unpack(">I", data[trun + 8:trun + 12])[0]
-            off = trun + 12 + (4 if flags & 0x1 else 0)
-            first = struct.unpack(">I", data[off:off + 4])[0] if flags & 0x4 else None
+            off = trun + 12 + (4 if flags & 0x1 else 0)       # after the data offset
+            if flags & 0x4:                                    # first_sample_flags
+                first = struct.unpack(">I", data[off:off + 4])[0]
+            elif flags & 0x400:                                # per-sample flags: the first entry's
+                off += 4 * bool(flags & 0x100) + 4 * bool(flags & 0x200)
+                first = struct.unpack(">I", data[off:off + 4])[0]
+            else:
+                first = None
             out.append((count, first))
         pos += size
     return out

@@ -54,6 +54,11 @@ def leftovers(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- the writer at any fps, bounded resources
 
+def writer_chunks(end: int) -> list[int]:
+    """First frames of the chunks written up to frame ``end`` (9 frames, then 12)."""
+    return [start for start in (0, 9, 21) if start < end]
+
+
 @pytest.mark.parametrize("fps", [8, 16, 24, 30, 60, 120, 29.97])
 def test_any_fps_writes_a_playable_growing_file(fps, tmp_path):
     """Chunks of 9 then 12 frames: after each flush the file decodes to exactly the frames so far, one fragment per
@@ -65,7 +70,8 @@ def test_any_fps_writes_a_playable_growing_file(fps, tmp_path):
             writer.append(frames[a:b])
             assert writer.flush(wait=True) == b
             info = probe(path)
-            assert info["frames"] == b and info["key_frames"] == [0, 9, 21][:len(fragments(path))]
+            assert info["frames"] == b and len(fragments(path)) == len(writer_chunks(b))
+            assert set(writer_chunks(b)) <= set(info["key_frames"])         # each fragment opens on a key frame
     info = probe(path)
     assert info["frames"] == 33 and abs(info["fps"] - fps) < 1e-3 and info["codec"] == "h264"
     assert [n for n, _ in fragments(path)] == [9, 12, 12]
@@ -327,3 +333,17 @@ def test_names_and_sidecars_never_fail_on_text(tmp_path, caplog):
     write_json_atomic(tmp_path / "x.json", {"file": bad})
     assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8"))["file"] == bad
     assert any("not valid Unicode" in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_frame_inside_a_chunk_does_not_split_its_fragment(tmp_path):
+    """x264 may place a key frame of its own at a scene cut; the chunk is still written as one fragment."""
+    from bench.writer import scene
+    cut = 255 - scene(20, 128, 128, seed=1)[:, ::-1]                        # another scene from frame 20 on
+    cut[..., 0] = np.roll(cut[..., 0], 40, axis=1)
+    frames = np.concatenate([scene(20, 128, 128, seed=0), cut])
+    path = tmp_path / "v.mp4"
+    with Mp4Writer(path, 128, 128, 16) as writer:
+        writer.append(frames)
+    info = probe(path)
+    assert len(info["key_frames"]) > 1 and info["frames"] == 40             # x264 did add key frames ...
+    assert [n for n, _ in fragments(path)] == [40]                           # ... inside the one fragment

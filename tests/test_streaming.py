@@ -132,7 +132,7 @@ def test_file_is_readable_after_every_chunk(models, tmp_path, tiny_model_files):
         out.flush()  # the fragment is encoded and written in the background; wait for that
         info = probe(out.part)
         seen.append((info["frames"], settings.clock.video_frame(i + 1), len(fragments(out.part))))
-        assert info["key_frames"] == [settings.clock.video_frame(k) for k in range(i + 1)]
+        assert {settings.clock.video_frame(k) for k in range(i + 1)} <= set(info["key_frames"])
         assert info["pts"] == sorted(set(info["pts"]))  # timestamps run on across fragments
 
     runner.render(job, slots, on_chunk=after_chunk)
@@ -153,7 +153,8 @@ def test_mp4_writer_flushes_complete_fragments(tmp_path):
         for a, b in ((0, 9), (9, 10), (10, 21)):
             writer.append(frames[a:b])
             assert writer.flush(wait=True) == b and frame_count(path) == b
-    assert [count for count, _ in fragments(path)] == [9, 1, 11] and probe(path)["key_frames"] == [0, 9, 10]
+    assert [count for count, _ in fragments(path)] == [9, 1, 11] and {0, 9, 10} <= set(probe(path)["key_frames"])
+    assert all(flags == 0x02000000 for _, flags in fragments(path))  # each fragment opens with a sync frame
     assert writer.size_bytes == path.stat().st_size and writer.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match="expected uint8 frames"):
         writer = Mp4Writer(tmp_path / "bad.mp4", 48, 32, 16)
