@@ -41,8 +41,10 @@ MIN_FRAGMENT_US = str(2 ** 31 - 1)
 HEAD_BOXES = (b"ftyp", b"moov")      # written once, from the first fragment's muxer
 FRAGMENT_BOXES = (b"moof", b"mdat")  # appended for every fragment
 FPS_DENOMINATOR = 1001               # frame rates are represented exactly up to this denominator (30000/1001)
-MAX_ENCODER_THREADS = 8              # x264 threads per file at most (more gain little at 480x832)
+MAX_DENOMINATOR = 2 ** 31 - 1        # for rates below 1/1001 fps
+MAX_ENCODER_THREADS = 8              # x264 threads per file at most (bounds threads on many-core machines)
 WRITER_THREADS = 4                   # background threads shared by all files of a process
+SCALER_THREADS = 1                   # RGB -> yuv420p in the writer's thread (a few ms per 480x832 frame)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -73,10 +75,10 @@ def encoder_version() -> dict:
 
 def frame_rate(fps: float) -> Fraction:
     """``fps`` as an exact fraction (16 -> 16, 29.97 -> 2997/100, 30000/1001 stays so)."""
-    rate = Fraction(fps).limit_denominator(FPS_DENOMINATOR)
-    if rate <= 0:
+    if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    return rate
+    rate = Fraction(fps).limit_denominator(FPS_DENOMINATOR)
+    return rate if rate > 0 else Fraction(fps).limit_denominator(MAX_DENOMINATOR)
 
 
 def encoder_threads(num_files: int) -> int:
@@ -135,6 +137,7 @@ class Mp4Writer:
         self._closed = False
         self._encoder = self._open_encoder(width, height, crf, threads)
         self._to_yuv = None                           # the RGB -> yuv420p converter, made with the first frame
+        self._scaler_threads: dict = {"threads": SCALER_THREADS}  # {} where PyAV has no such option (older versions)
         self._file: BinaryIO = open(self.path, "wb")
 
     def _open_encoder(self, width: int, height: int, crf: int, threads: int):
@@ -157,7 +160,7 @@ class Mp4Writer:
             self._to_yuv = av.video.reformatter.VideoReformatter()   # keeps its scaler from frame to frame
         packets = []
         for i, rgb in enumerate(frames):
-            frame = self._to_yuv.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format=PIXEL_FORMAT)
+            frame = self._yuv(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
             frame.pts, frame.time_base = self.frames_in_file + i, self._encoder.time_base
             frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
             packets += self._encoder.encode(frame)
@@ -165,6 +168,14 @@ class Mp4Writer:
             raise RuntimeError(f"x264 returned {len(packets)} packets for {len(frames)} frames (first key frame: "
                                f"{bool(packets and packets[0].is_keyframe)}); expected one per frame at once")
         return packets
+
+    def _yuv(self, frame):
+        """``frame`` converted to the encoder's pixel format with SCALER_THREADS threads."""
+        try:
+            return self._to_yuv.reformat(frame, format=PIXEL_FORMAT, **self._scaler_threads)
+        except TypeError:                  # an older PyAV: its scaler runs in the calling thread anyway
+            self._scaler_threads = {}
+            return self._to_yuv.reformat(frame, format=PIXEL_FORMAT)
 
     def _mux(self, packets: list) -> bytes:
         """The mp4 bytes of one muxer holding exactly ``packets``: ftyp, moov, then one moof + mdat."""

@@ -111,6 +111,7 @@ def test_sixteen_samples_bounded_threads_and_files(models, tmp_path, tiny_model_
     assert inference.run(settings, runner=runner) == 0
     assert len(seen) == 2
     threads, fds, children = max(seen)
+    print(f"16 samples: {threads - before[0]:+d} threads, {fds - before[1]:+d} open files, {children} children")
     assert children == 0
     assert threads - before[0] <= WRITER_THREADS + 16 * encoder_threads(16), (before, seen)
     assert fds - before[1] <= 2 * 16 + 2, (before, seen)
