@@ -1,6 +1,6 @@
 """Side by side: the in-process PyAV mp4 writer against the ffmpeg-subprocess writer it replaced.
 
-    python -m bench.writer                      # 480x832, 6 chunks per writer, 2 rounds (about a minute)
+    python -m bench.writer                      # 480x832, 6 chunks per writer, 3 rounds (about a minute)
     python -m bench.writer --chunks 4 --rounds 1 --out bench/results/writer
 
 The old writer (ffmpeg binary of imageio-ffmpeg + FLV demuxer + hand-written fragmented-mp4 boxes) is loaded from
@@ -18,6 +18,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import platform
 import resource
 import subprocess
@@ -94,7 +95,8 @@ def drive(make_writer, frames: np.ndarray, path: Path) -> dict:
     chunks = len(bounds) - 1
     return {"chunks": chunks, "frames": bounds[-1], "wall_s": round(wall, 4),
             "frames_per_s": round(bounds[-1] / wall, 2), "wall_s_per_chunk": round(wall / chunks, 4),
-            "cpu_s_per_chunk": round(cpu / chunks, 4), "handover_s_per_chunk": round(sum(handover) / chunks, 4),
+            "cpu_s_per_chunk": round(cpu / chunks, 4), "frames_per_cpu_s": round(bounds[-1] / cpu, 2),
+            "handover_s_per_chunk": round(sum(handover) / chunks, 4),
             "bytes": path.stat().st_size}
 
 
@@ -118,14 +120,18 @@ def markdown(results: dict) -> str:
              f"{results['environment']['cpu']} ({results['environment']['cpu_count']} cores), PyAV "
              f"{results['environment']['av']}; {cfg['chunks']} chunks per video ({FIRST_CHUNK} frames, then "
              f"{CHUNK}), {cfg['rounds']} round(s), medians; CPU includes ffmpeg's for the old writer.", "",
-             "| writer | frames/s | wall s/chunk | CPU s/chunk | hand-over s/chunk | MB/video |",
-             "|---|---|---|---|---|---|"]
+             "| writer | frames/s | wall s/chunk | CPU s/chunk | frames per CPU s | hand-over s/chunk | MB/video |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in results["summary"].items():
         lines.append(f"| {name} | {row['frames_per_s']:.1f} | {row['wall_s_per_chunk']:.3f} | "
-                     f"{row['cpu_s_per_chunk']:.3f} | {row['handover_s_per_chunk']:.3f} | {row['bytes'] / 1e6:.2f} |")
+                     f"{row['cpu_s_per_chunk']:.3f} | {row['frames_per_cpu_s']:.1f} | {row['handover_s_per_chunk']:.3f} | "
+                     f"{row['bytes'] / 1e6:.2f} |")
     ratio = results["summary"]["new (PyAV)"]["frames_per_s"] / results["summary"]["old (ffmpeg subprocess)"][
         "frames_per_s"]
-    lines += ["", f"New/old throughput: {ratio:.2f}x.", ""]
+    cpu_ratio = results["summary"]["old (ffmpeg subprocess)"]["cpu_s_per_chunk"] / results["summary"]["new (PyAV)"][
+        "cpu_s_per_chunk"]
+    lines += ["", f"New/old: throughput {ratio:.2f}x, CPU efficiency {cpu_ratio:.2f}x (wall-clock figures depend on "
+              f"what else runs on the machine; load average {results['environment']['load_average']}).", ""]
     return "\n".join(lines)
 
 
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--chunks", type=int, default=6, help="chunks per video (default 6 = 69 frames)")
-    p.add_argument("--rounds", type=int, default=2, help="videos per writer, alternating (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="videos per writer, alternating (default 3)")
     p.add_argument("--old_commit", default=OLD_COMMIT)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -170,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("round %d %-24s %6.1f frames/s, %.3f CPU s/chunk", r + 1, name, row["frames_per_s"],
                             row["cpu_s_per_chunk"])
     summary = {name: {key: median(rs, key) for key in ("frames_per_s", "wall_s_per_chunk", "cpu_s_per_chunk",
-                                                         "handover_s_per_chunk", "bytes")}
+                                                         "frames_per_cpu_s", "handover_s_per_chunk", "bytes")}
                for name, rs in rows.items()}
     results = {"command": " ".join(["python -m bench.writer", *(argv if argv is not None else sys.argv[1:])]),
                "config": {"height": args.height, "width": args.width, "chunks": args.chunks, "rounds": args.rounds,
                           "fps": FPS, "old_commit": args.old_commit},
                "environment": {"cpu": platform.processor() or platform.machine(), "cpu_count": _cpu_count(),
-                               "av": av.__version__, "python": platform.python_version()},
+                               "av": av.__version__, "python": platform.python_version(),
+                               "load_average": [round(x, 2) for x in os.getloadavg()]},
                "summary": summary, "rounds": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "writer.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -187,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cpu_count() -> int:
     """CPU cores this process may use."""
-    import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
