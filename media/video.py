@@ -44,7 +44,6 @@ FPS_DENOMINATOR = 1001               # frame rates are represented exactly up to
 MAX_DENOMINATOR = 2 ** 31 - 1        # for rates below 1/1001 fps
 MAX_ENCODER_THREADS = 8              # x264 threads per file at most (bounds threads on many-core machines)
 WRITER_THREADS = 4                   # background threads shared by all files of a process
-SCALER_THREADS = 1                   # RGB -> yuv420p in the writer's thread (a few ms per 480x832 frame)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -116,6 +115,7 @@ class Mp4Writer:
     ``flush`` makes the frames appended since the last flush one fragment, opening with a key frame. With a
     ``pool`` the fragment is encoded and written in a background thread (``flush(wait=True)`` waits for it),
     without one in the caller's thread. At most one fragment per file is in flight, so memory stays bounded.
+    ``threads``: threads of x264 and of the RGB -> yuv420p scaler each (0: one per core).
     ``size_bytes`` and ``sha256()`` identify the bytes written. ``on_frame`` is called after every frame is handed
     over (progress or tests).
     """
@@ -137,7 +137,7 @@ class Mp4Writer:
         self._closed = False
         self._encoder = self._open_encoder(width, height, crf, threads)
         self._to_yuv = None                           # the RGB -> yuv420p converter, made with the first frame
-        self._scaler_threads: dict = {"threads": SCALER_THREADS}  # {} where PyAV has no such option (older versions)
+        self._scaler_threads: dict = {"threads": threads}  # {} where PyAV has no such option (older versions)
         self._file: BinaryIO = open(self.path, "wb")
 
     def _open_encoder(self, width: int, height: int, crf: int, threads: int):
@@ -170,7 +170,7 @@ class Mp4Writer:
         return packets
 
     def _yuv(self, frame):
-        """``frame`` converted to the encoder's pixel format with SCALER_THREADS threads."""
+        """``frame`` converted to the encoder's pixel format (with as many threads as the encoder)."""
         try:
             return self._to_yuv.reformat(frame, format=PIXEL_FORMAT, **self._scaler_threads)
         except TypeError:                  # an older PyAV: its scaler runs in the calling thread anyway
