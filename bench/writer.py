@@ -124,8 +124,8 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, row in results["summary"].items():
         lines.append(f"| {name} | {row['frames_per_s']:.1f} | {row['wall_s_per_chunk']:.3f} | "
-                     f"{row['cpu_s_per_chunk']:.3f} | {row['frames_per_cpu_s']:.1f} | {row['handover_s_per_chunk']:.3f} | "
-                     f"{row['bytes'] / 1e6:.2f} |")
+                     f"{row['cpu_s_per_chunk']:.3f} | {row['frames_per_cpu_s']:.1f} | "
+                     f"{row['handover_s_per_chunk']:.3f} | {row['bytes'] / 1e6:.2f} |")
     ratio = results["summary"]["new (PyAV)"]["frames_per_s"] / results["summary"]["old (ffmpeg subprocess)"][
         "frames_per_s"]
     cpu_ratio = results["summary"]["old (ffmpeg subprocess)"]["cpu_s_per_chunk"] / results["summary"]["new (PyAV)"][
