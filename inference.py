@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.cli_config import NOISE_ORDERS, CLIError, RunConfig, policy_default
-from app.outputs import pending_slots, plan_outputs
+from app.outputs import claim_slots, pending_slots, plan_outputs
 from app.progress import progress_bar
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
@@ -154,7 +154,8 @@ def run(settings, runner=None, stdin=None) -> int:
     plan = output_plan(settings)
     mine = shard(settings.jobs, dist.rank, dist.world_size)
     # An interactive video depends on what is typed: it is never "already finished", it is made again.
-    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite or settings.interactive)
+    redo_all = settings.overwrite or settings.interactive
+    todo, finished = pending_slots(mine, plan, settings.request, redo_all)
     todo, redo = add_missing_latents(mine, plan, todo, settings)
     finished -= redo
     logger.info("%d prompt(s) in total; this rank: %d video(s) already finished, %d prompt(s) to render -> %s",
@@ -172,7 +173,12 @@ def run(settings, runner=None, stdin=None) -> int:
     try:
         with logging_redirect_tqdm(), progress_bar(len(todo), "prompts", "prompt", progress, every=1) as bar:
             for job, slots in todo:
-                result = runner.render(job, slots, live=live)
+                # each video is locked while it is made: other runs on this folder skip it (README: resuming)
+                with claim_slots(job, slots, settings.request, redo_all) as claimed:
+                    if not claimed:
+                        bar.update(1)
+                        continue
+                    result = runner.render(job, claimed, live=live)
                 bar.update(1)
                 written.extend(result.written)
                 for path in result.written:
