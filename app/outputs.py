@@ -14,13 +14,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .cli_config import CLIError
 from .locks import VideoLock
 from .prompts import PromptJob
 from .text import safe_text
