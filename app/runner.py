@@ -26,6 +26,7 @@ from pipeline.causal_inference import CausalInferencePipeline
 from pipeline.policies import build_policy
 from wan.loading import ensure_model_files, load_generator
 from wan.memory import should_offload_text_encoder
+from wan.attention import attention_backend
 from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
@@ -90,6 +91,7 @@ class VideoRunner:
                                                                                  vae, pipeline)
         self.progress = progress
         self.versions = package_versions()
+        self.versions["attention_backend"] = attention_backend(model.device, model.dtype)  # fa3 | fa2 | sdpa
         sf = vae.spatial_factor
         if settings.height % sf or settings.width % sf:
             raise CLIError(f"height={settings.height} x width={settings.width} is not divisible by the VAE's "

@@ -93,10 +93,14 @@ def environment(device: torch.device) -> dict:
     """Device, library versions and kernel availability."""
     import diffusers
     import transformers
-    from wan.attention import flash_attn_available
+    from wan.attention import attention_backend, fa2_kernel, fa3_kernel, flash_attn_available
     env = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
            "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-           "flash_attn": flash_attn_available(), "python": platform.python_version(),
+           "flash_attn": flash_attn_available(), "fa3_importable": fa3_kernel() is not None,
+           "fa2_importable": fa2_kernel() is not None,
+           "attention_backend": {str(dt).replace("torch.", ""): attention_backend(device, dt)
+                                 for dt in (torch.bfloat16, torch.float32)} if device.type != "meta" else None,
+           "python": platform.python_version(),
            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

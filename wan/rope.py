@@ -57,18 +57,29 @@ class WanRope:
         self.inv_freq_t = _inv_freq(self.time_dim, theta)
         self.inv_freq_h = _inv_freq(hw, theta)
         self.inv_freq_w = _inv_freq(hw, theta)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(time, height, width) inverse frequencies on ``device``, copied there once and kept (no per-call copy)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        tables = self._on_device.get(device)
+        if tables is None:
+            tables = tuple(t.to(device) for t in (self.inv_freq_t, self.inv_freq_h, self.inv_freq_w))
+            self._on_device[device] = tables
+        return tables
 
     def time_angles(self, pos: torch.Tensor) -> torch.Tensor:
         """Angles of the time pairs for integer positions ``pos`` [..., n] -> float64 [..., n, time_pairs]."""
-        inv = self.inv_freq_t.to(pos.device)
+        inv = self.tables(pos.device)[0]  # [time_pairs] float64, already on pos's device
         return pos.to(torch.float64).unsqueeze(-1) * inv
 
     def spatial_angles(self, height: int, width: int, device=None) -> torch.Tensor:
         """Angles of the height and width pairs for one frame's tokens (row-major) -> float64 [h*w, hw_pairs]."""
         rows = torch.arange(height, dtype=torch.float64, device=device)
         cols = torch.arange(width, dtype=torch.float64, device=device)
-        ah = torch.outer(rows, self.inv_freq_h.to(device))  # [h, Ph]
-        aw = torch.outer(cols, self.inv_freq_w.to(device))  # [w, Pw]
+        _, inv_h, inv_w = self.tables(rows.device)
+        ah = torch.outer(rows, inv_h)  # [h, Ph]
+        aw = torch.outer(cols, inv_w)  # [w, Pw]
         ah = ah[:, None, :].expand(height, width, -1)
         aw = aw[None, :, :].expand(height, width, -1)
         return torch.cat([ah, aw], dim=-1).reshape(height * width, -1)
