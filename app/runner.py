@@ -113,6 +113,8 @@ class VideoRunner:
                     ", text encoder offloaded to the CPU" if offload else "")
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device)
+        if settings.compile:
+            model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
         policy = build_policy(**settings.policy_kwargs)
         pipeline = CausalInferencePipeline(model, settings.rollout, policy)

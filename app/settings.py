@@ -71,6 +71,7 @@ class RunSettings:
     schedule: PromptSchedule | None = None   # --prompt_schedule: the run's only job follows it
     interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
+    compile: bool = False           # --compile: CausalWanModel.compile_blocks() after loading
 
     @property
     def endless(self) -> bool:
@@ -289,4 +290,4 @@ def resolve_settings(args, dist: DistEnv) -> RunSettings:
                        vae_spatial=spatial, vae_temporal=temporal, demo=args.demo, seconds=args.seconds,
                        noise_order=args.noise_order or ("chunked" if num_frames is None else "upstream"),
                        save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
-                       recache_on_switch=bool(args.recache_on_switch))
+                       recache_on_switch=bool(args.recache_on_switch), compile=bool(getattr(args, "compile", False)))

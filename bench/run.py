@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="reduced layer count (smoke runs on real widths)")
     p.add_argument("--resolution", default=None, metavar="HxW", help="override the output resolution, e.g. 96x160")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the per-block parts that do not touch the cache (timed warm-up)")
+                   help="torch.compile every block's query-side parts (CausalWanModel.compile_blocks; timed warm-up)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode when --compile is given")
     p.add_argument("--low-memory", action="store_true",
                    help="initial noise drawn chunk by chunk (LazyNoise: memory independent of length, different "
@@ -115,13 +115,8 @@ def environment(device: torch.device) -> dict:
 
 
 def compile_blocks(model, mode: str) -> int:
-    """torch.compile every block's FFN, cross-attention and norms (fixed shapes per chunk); returns modules compiled."""
-    n = 0
-    for blk in model.blocks:
-        for name in ("ffn", "cross_attn", "norm1", "norm2", "norm3"):
-            setattr(blk, name, torch.compile(getattr(blk, name), mode=mode, dynamic=False))
-            n += 1
-    return n
+    """``CausalWanModel.compile_blocks`` (query-side parts of every block, static shapes); returns blocks compiled."""
+    return model.compile_blocks(mode=None if mode == "default" else mode)
 
 
 def _resolve(args):

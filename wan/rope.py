@@ -32,14 +32,32 @@ class Rotation:
         self.dtype = dtype
         self.first_pair = first_pair
         self.num_pairs = angles.shape[-1]
+        self.cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None  # real form, see ``prepare_real``
+
+    def prepare_real(self) -> "Rotation":
+        """Also keep the rotation as real (cos, sin) [B|1, n, 1, P], used inside ``torch.compile``d code, where
+        complex kernels are not generated (Inductor falls back to eager for them). Returns self."""
+        self.cos_sin = (self.table.real.contiguous(), self.table.imag.contiguous())
+        return self
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotated copy of ``x`` [B, n, H, D]; channels outside the rotated pairs are copied unchanged."""
+        if self.cos_sin is not None and torch.compiler.is_compiling():
+            return self._apply_real(x)
         out = x.clone()
         seg = out.unflatten(-1, (-1, 2))[..., self.first_pair:self.first_pair + self.num_pairs, :]  # view into out
         rotated = torch.view_as_complex(seg.to(self.dtype).contiguous()) * self.table
         seg.copy_(torch.view_as_real(rotated))
         return out
+
+    def _apply_real(self, x: torch.Tensor) -> torch.Tensor:
+        """``apply`` in real arithmetic (equal up to rounding): (a + ib)(c + is) = (ac - bs) + i(as + bc)."""
+        cos, sin = self.cos_sin
+        lo, hi = 2 * self.first_pair, 2 * (self.first_pair + self.num_pairs)
+        pairs = x[..., lo:hi].unflatten(-1, (-1, 2)).to(self.dtype)  # [B, n, H, P, 2]
+        a, b = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)  # [B,n,H,2P]
+        return torch.cat([x[..., :lo], rotated, x[..., hi:]], dim=-1)
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:
