@@ -34,3 +34,12 @@ def test_gpu_script_smoke_runs_every_stage(tmp_path):
 def test_unknown_stage_is_a_one_line_error(capsys):
     assert main(["--smoke", "--stages", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_before_after_compare_runs_both_trees(tmp_path, capsys):
+    from bench.compare import main as compare
+    assert compare(["--ref", "HEAD", "--rounds", "1", "--latent-frames", "24", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "before_after.json").read_text())
+    assert set(r["before"]) == set(r["after"]) == set(MODES)
+    assert all(r["after"][m]["steady_chunk_ms_median"] > 0 for m in MODES)
+    assert "| deep_sink_pc |" in capsys.readouterr().out
