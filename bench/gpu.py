@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import shutil
@@ -146,8 +147,11 @@ def _rollout(ctx: dict, mode: str, latent_frames: int, decode: bool, write: bool
     preset = ctx["preset"]
     model, vae = _models(ctx)
     device = model.device
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the previous rollout's cache must not count in this one's reserved peak
     pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
-    cfg, B = model.config, pipe.config.num_frame_per_block
+    cfg = model.config
     clock, gpu = Clock(device), GpuMemory(device)
     if text is None:
         text = torch.randn(1, cfg.text_len, cfg.text_dim, dtype=model.dtype, device=device)
@@ -350,10 +354,10 @@ def build_offloaded_encoder(spec: dict, dtype: torch.dtype, device, text_len: in
     finally:
         torch.set_default_dtype(prev)
     model = model.to_empty(device="cpu")  # uninitialised host memory in ``dtype``, filled below
+    model.tie_weights()  # one embedding tensor again before filling
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.fill_(1.0 if "layer_norm" in name else 0.02)
-    model.tie_weights()
     encoder = WanTextEncoder(model.eval().requires_grad_(False), _IdsTokenizer(spec["vocab_size"], 0), text_len,
                              device, offload=True)
     return encoder, sum(p.numel() for p in model.parameters())
