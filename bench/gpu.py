@@ -411,11 +411,12 @@ def stage_long(ctx: dict) -> dict:
     _models(ctx)
     out = {"target_latent_frames": ctx["long_frames"], "target_seconds": ctx["long_seconds"], "modes": {}}
     at30 = preset.latent_frames_for(30) // preset.chunk_frames  # chunks in 30 s of video
-    for mode in ("deep_sink_pc", "self_forcing"):
-        if ctx["budget"].left() < 20:
+    for mode, share in (("deep_sink_pc", 0.65), ("self_forcing", 1.0)):  # DS + PC first, most of the time
+        left = ctx["budget"].left() - 10.0
+        if left < 10:
             break
-        run = _rollout(ctx, mode, ctx["long_frames"], decode=False, write=False, deadline=ctx["budget"],
-                       margin_s=10.0)
+        run = _rollout(ctx, mode, ctx["long_frames"], decode=False, write=False, deadline=Budget(left * share),
+                       margin_s=0.0)
         chunks = run["chunks"]
         if not chunks:
             continue
