@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--no_download", action="store_true", help="never download model files (as HF_HUB_OFFLINE=1)")
     ours.add_argument("--trust_checkpoint", action="store_true", help="load a checkpoint that holds pickled Python "
                       "objects (weights_only=False: this runs code from the file); only for files you trust")
+    ours.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first chunk)")
     ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     long = p.add_argument_group("long videos and prompt switches")
     long.add_argument("--seconds", type=float, default=None, help="video length in seconds instead of "

@@ -24,6 +24,7 @@ import torch
 from pipeline.causal_inference import CausalInferencePipeline
 from wan.loading import ensure_model_files, load_generator
 from wan.memory import should_offload_text_encoder
+from wan.attention import attention_backend
 from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
@@ -89,6 +90,7 @@ class VideoRunner:
                                                                                  vae, pipeline)
         self.progress = progress
         self.versions = package_versions()
+        self.versions["attention_backend"] = attention_backend(model.device, model.dtype)  # fa3 | fa2 | sdpa
         sf = vae.spatial_factor
         if settings.height % sf or settings.width % sf:
             raise CLIError(f"height={settings.height} x width={settings.width} is not divisible by the VAE's "
@@ -111,6 +113,8 @@ class VideoRunner:
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
                                trust_checkpoint=settings.trust_checkpoint)
+        if settings.compile:
+            model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
         pipeline = CausalInferencePipeline(model, settings.rollout, settings.policy)
         logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
