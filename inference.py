@@ -132,7 +132,7 @@ def output_plan(settings) -> dict:
 
 def add_missing_latents(mine, plan, todo, settings) -> tuple[list, int]:
     """With --save_latents, finished videos without their latents file are rendered again; returns (todo, redone)."""
-    from media.streaming import latents_path, remove_stale_latents_part
+    from app.streaming import latents_path, remove_stale_latents_part
     pending = {job.index: slots for job, slots in todo}
     redo = 0
     for job in mine:

@@ -1,7 +1,7 @@
 """Models loaded once, then one prompt at a time: encode -> chunk by chunk (generate, decode, append) -> sidecar.
 
 ``VideoRunner.render(job, slots)`` is the per-prompt step. Every chunk's latents are decoded with the VAE's streaming
-decoder and appended to each sample's mp4 right away (``media.streaming``), so memory does not grow with the length
+decoder and appended to each sample's mp4 right away (``app.streaming``), so memory does not grow with the length
 of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
 chunks (``app.switching``).
 """
@@ -34,7 +34,7 @@ from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
-from media.streaming import SampleOutput
+from app.streaming import SampleOutput
 from .switching import LivePrompts, PromptSwitcher
 from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, encoder_threads, encoder_version
 from utils.frames import video_frames
