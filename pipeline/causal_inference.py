@@ -262,7 +262,10 @@ class CausalInferencePipeline:
             noise = TensorNoise(noise)
         if noise.num_frames is None:
             raise ValueError("generate() needs a finite number of frames; use iter_chunks() for endless videos")
-        f0 = 0 if image_latent is None else 1
+        f0 = 0
+        if image_latent is not None:
+            check_image_latent(image_latent, noise.batch, noise.latent_shape, self.config.num_frame_per_block)
+            f0 = 1
         out = torch.empty((noise.batch, f0 + noise.num_frames, *noise.latent_shape), dtype=self.model.dtype,
                           device=self.model.device)
         if image_latent is not None:
