@@ -130,6 +130,10 @@ class CausalInferencePipeline:
 
     def chunk_timesteps(self, i: int) -> torch.Tensor:
         """Timesteps [num_steps] of generated chunk ``i``: the first-chunk list for i = 0, the main list after."""
+        device = self.model.device
+        if self.timesteps.device != device:  # moved once, not copied to the device on every chunk
+            self.timesteps = self.timesteps.to(device)
+            self.first_chunk_timesteps = self.first_chunk_timesteps.to(device)
         return self.first_chunk_timesteps if i == 0 else self.timesteps
 
     def _cache_for(self, batch: int, tokens_per_frame: int) -> KVCache:
@@ -234,7 +238,7 @@ class CausalInferencePipeline:
         re-noise draws [B * n, C, H, W] happen after every non-final step, in order.
         """
         model = self.model
-        ts = (self.timesteps if timesteps is None else timesteps).to(model.device)  # float32 [num_steps]
+        ts = self.chunk_timesteps(1) if timesteps is None else timesteps  # float32 [num_steps]
         batch, n = xt.shape[:2]
         x0 = xt
         for j in range(len(ts)):
