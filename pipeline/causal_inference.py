@@ -216,9 +216,11 @@ class CausalInferencePipeline:
         finally:
             bar.close()
 
-    def _prefill_image(self, kv: KVCache, text_kv: list, image_latent: torch.Tensor,
-                       clean: CleanLatentStore | None) -> None:
-        """Write the image latent [B, C, H, W] into the cache as frame 0: one call at timestep 0, then commit."""
+    def _prefill_image(self, kv: KVCache, text_kv: list, image_latent: torch.Tensor, clean) -> None:
+        """Write the image latent [B, C, H, W] into the cache as frame 0: one call at timestep 0, then commit.
+
+        ``clean``: the re-cache store of clean latents (``pipeline.recache``) or None; it gets the image as frame 0.
+        """
         model = self.model
         x = image_latent.to(device=model.device, dtype=model.dtype).unsqueeze(1)  # [B, 1, C, H, W]
         kv.begin_chunk(0, 1)
@@ -274,7 +276,8 @@ class CausalInferencePipeline:
                           device=self.model.device)
         if image_latent is not None:
             out[:, 0] = image_latent.to(device=out.device, dtype=out.dtype)
-        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch, recache, image_latent):
+        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch=prompt_switch,
+                                            recache=recache, image_latent=image_latent):
             out[:, f:f + x0.shape[1]] = x0
             if callback is not None:
                 callback(i, f, x0)
