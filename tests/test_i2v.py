@@ -151,12 +151,10 @@ def test_prefill_caches_the_image_as_frame_0_and_returns_it_first(name, latent):
             assert c.frame[0, :F].eq(0).all() and c.n == T * F
         assert torch.equal(c.k[0, :F], k[0]) and torch.equal(c.v[0, :F], v[0])
     assert c.frame[0, c.n - 1] == T - 1
-    if name == "deep_sink_pc":  # PC never scores the image: candidates start after the sink
-        comp = [r for r in trace if r["event"] == "compress"]
-        assert comp and all(r["candidates"][0] == 2 * F for r in comp)
-    if name == "deep_sink":
-        realign = [r for r in trace if r["event"] == "realign"]
-        assert realign and realign[-1]["t_pos"][0, 0] == realign[-1]["chunk_start"] - 6  # sink moved, frame kept
+    if name.startswith("deep_sink"):
+        assert trace  # the cache was full: evictions / compressions happened, and the image stayed
+    if name == "deep_sink":  # the image frame moves with the sink: [f - L, f - L + S) at the last chunk f = T - 1
+        assert c.t_pos[0, :F].eq(T - 1 - 6).all()
 
 
 def test_generated_frames_attend_to_the_image(latent):
