@@ -128,13 +128,13 @@ class CausalInferencePipeline:
         return self.scheduler.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps,
                                                                                               dtype=torch.float32)
 
-    def chunk_timesteps(self, i: int) -> torch.Tensor:
-        """Timesteps [num_steps] of generated chunk ``i``: the first-chunk list for i = 0, the main list after."""
+    def chunk_timesteps(self, g: int) -> torch.Tensor:
+        """Timesteps [num_steps] of generated chunk ``g``: the first-chunk list for g = 0, the main list after."""
         device = self.model.device
         if self.timesteps.device != device:  # moved once, not copied to the device on every chunk
             self.timesteps = self.timesteps.to(device)
             self.first_chunk_timesteps = self.first_chunk_timesteps.to(device)
-        return self.first_chunk_timesteps if i == 0 else self.timesteps
+        return self.first_chunk_timesteps if g == 0 else self.timesteps
 
     def _cache_for(self, batch: int, tokens_per_frame: int) -> KVCache:
         """The KV cache for this batch size and resolution, allocated once and reused across videos."""
@@ -166,8 +166,8 @@ class CausalInferencePipeline:
         cross-attention keys/values are recomputed for them, and with ``recache`` the cached keys/values of the
         retained frames are recomputed under the new prompt (see ``pipeline.recache``).
         ``image_latent`` [B, C, H, W] (image-to-video, ``num_frame_per_block`` 1 only): written into the cache as
-        frame 0 before the first chunk; the noise then covers frames 1 .. T and chunk i starts at frame 1 + i * B.
-        The image frame itself is not yielded (it is the caller's input, output frame 0).
+        frame 0 (one call at t = 0) and yielded as chunk 0 (``(0, 0, image [B, 1, C, H, W])``); the noise covers
+        the generated frames 1, 2, ..., chunk i >= 1 is frame i, and the first-chunk step list goes to frame 1.
         """
         model, B = self.model, self.config.num_frame_per_block
         if isinstance(noise, torch.Tensor):
@@ -186,17 +186,17 @@ class CausalInferencePipeline:
         text_kv = model.encode_text(prompt_embeds.to(model.device))
         clean = CleanLatentStore() if recache else None
         device = model.device
-        f0 = 0
+        f0 = 0  # frames before the first generated chunk: 1 with an image
         if image_latent is not None:
-            self._prefill_image(kv, text_kv, image_latent, clean)
+            yield 0, 0, self._prefill_image(kv, text_kv, image_latent, clean)
             f0 = 1
         num_chunks = None if T is None else T // B
         chunk_indices = range(num_chunks) if num_chunks is not None else _count()
         bar = tqdm(chunk_indices, total=num_chunks, desc="chunks", unit="chunk", disable=not self.progress,
                    leave=False)
         try:
-            for i in bar:
-                f = f0 + i * B
+            for g in bar:  # g: generated chunk; i: chunk index counting the image as chunk 0
+                i, f = f0 + g, f0 + g * B
                 if prompt_switch is not None and i > 0:
                     new_prompt = prompt_switch(i, f)
                     if new_prompt is not None:
@@ -204,8 +204,8 @@ class CausalInferencePipeline:
                         if clean is not None:
                             recache_kv(model, kv, text_kv, clean, self.config.context_noise)
                 kv.begin_chunk(f, B)
-                xt = noise.frames(i * B, B).to(device)  # [B, n, C, H, W]
-                x0 = self._denoise_chunk(kv, text_kv, xt, f, renoise, self.chunk_timesteps(i))
+                xt = noise.frames(g * B, B).to(device)  # [B, n, C, H, W]
+                x0 = self._denoise_chunk(kv, text_kv, xt, f, renoise, self.chunk_timesteps(g))
                 if clean is not None:
                     mark_token_slots(kv)
                 kv.commit()
@@ -216,9 +216,10 @@ class CausalInferencePipeline:
         finally:
             bar.close()
 
-    def _prefill_image(self, kv: KVCache, text_kv: list, image_latent: torch.Tensor, clean) -> None:
+    def _prefill_image(self, kv: KVCache, text_kv: list, image_latent: torch.Tensor, clean) -> torch.Tensor:
         """Write the image latent [B, C, H, W] into the cache as frame 0: one call at timestep 0, then commit.
 
+        Returns the image as a one-frame chunk [B, 1, C, H, W] (model dtype and device).
         ``clean``: the re-cache store of clean latents (``pipeline.recache``) or None; it gets the image as frame 0.
         """
         model = self.model
@@ -231,6 +232,7 @@ class CausalInferencePipeline:
         kv.commit()
         if clean is not None:
             clean.add(0, x)
+        return x
 
     def _denoise_chunk(self, kv: KVCache, text_kv: list, xt: torch.Tensor, f: int,
                        renoise: NoiseSource, timesteps: torch.Tensor | None = None) -> torch.Tensor:
@@ -274,8 +276,6 @@ class CausalInferencePipeline:
             f0 = 1
         out = torch.empty((noise.batch, f0 + noise.num_frames, *noise.latent_shape), dtype=self.model.dtype,
                           device=self.model.device)
-        if image_latent is not None:
-            out[:, 0] = image_latent.to(device=out.device, dtype=out.dtype)
         for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch=prompt_switch,
                                             recache=recache, image_latent=image_latent):
             out[:, f:f + x0.shape[1]] = x0

@@ -178,17 +178,19 @@ def test_decoded_first_frame_is_the_image_to_vae_round_trip_tolerance(vae, image
     assert err <= (round_trip[:, 0] - image[:, 0]).abs().max() + 1e-5
 
 
-def test_streaming_chunks_start_at_frame_1_with_chunked_noise(latent):
+def test_streaming_yields_the_image_as_chunk_0_then_frame_i_with_chunked_noise(latent):
     model = tiny_model(5)
     pipe = _pipe(model, MODES["deep_sink_pc"])
     noise, source = pipe.seeded_noise(1, None, tuple(latent.shape[1:]), seed=1, noise_order="chunked")
     starts = []
     for i, f, x0 in pipe.iter_chunks(text_embeds(1, model.config), noise, source, image_latent=latent):
-        assert x0.shape[1] == 1
+        assert x0.shape[:2] == (1, 1)
+        if i == 0:
+            assert torch.equal(x0[:, 0], latent)
         starts.append((i, f))
         if i == 11:
             break
-    assert starts == [(i, 1 + i) for i in range(12)]
+    assert starts == [(i, i) for i in range(12)]
 
 
 def test_prompt_switch_with_recache_keeps_the_image_frame(latent):
@@ -206,15 +208,15 @@ def test_prompt_switch_with_recache_keeps_the_image_frame(latent):
 
         runs[recache] = pipe.generate_seeded(prompt, 10, tuple(latent.shape[1:]), seed=3, image_latent=latent,
                                              prompt_switch=switch, recache=recache)
-        assert (6, 7) in switches
+        assert switches[0] == (1, 1) and (6, 6) in switches  # asked before every generated frame
         c = pipe.kv.layers[0]
         assert c.frame[0, :F].eq(0).all()
         frame0_k = c.k[0, :F].clone()
         if not recache:
             plain = frame0_k
-    assert torch.equal(runs[False][:, :7], runs[True][:, :7]) and torch.equal(runs[True][:, 0], latent)
+    assert torch.equal(runs[False][:, :6], runs[True][:, :6]) and torch.equal(runs[True][:, 0], latent)
     assert not torch.equal(frame0_k, plain)  # the image frame's keys were recomputed under the new prompt
-    assert not torch.equal(runs[False][:, 7:], runs[True][:, 7:])
+    assert not torch.equal(runs[False][:, 6:], runs[True][:, 6:])
 
 
 def test_image_to_video_needs_frame_wise_chunks(latent):
