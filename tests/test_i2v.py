@@ -228,3 +228,20 @@ def test_image_to_video_needs_frame_wise_chunks(latent):
     pipe = _pipe(tiny_model(5), MODES["global"])
     with pytest.raises(ImageToVideoError, match="shape"):
         pipe.generate_seeded(text_embeds(1, pipe.model.config), 4, (16, 2, 2), seed=1, image_latent=latent)
+
+
+# ------------------------------------------------------------------------------------- the run's image input
+def test_image_input_checks_hashes_and_encodes(image_file, vae, latent, tmp_path):
+    import hashlib
+    from app.cli_config import CLIError
+    from app.image_input import ImageInput
+    img = ImageInput.open(image_file, HEIGHT, WIDTH)
+    assert img.request() == {"image": str(image_file), "image_sha256": hashlib.sha256(image_file.read_bytes())
+                             .hexdigest()}
+    z = img.latent(vae, HEIGHT, WIDTH, batch=2)
+    assert z.shape == (2, *latent.shape[1:]) and torch.equal(z[1], latent[0])
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    with pytest.raises(CLIError) as err:
+        ImageInput.open(bad, HEIGHT, WIDTH)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
