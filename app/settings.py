@@ -80,7 +80,7 @@ class RunSettings:
     schedule: PromptSchedule | None = None   # --prompt_schedule: the run's only job follows it
     interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
-    trust_checkpoint: bool = False  # --trust_checkpoint: allow checkpoints that need more than weights_only
+    trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
     image: ImageInput | None = None  # --i2v --image: the first frame of every video (image-to-video)
 
     @property
@@ -224,8 +224,9 @@ def build_rollout(loaded: LoadedConfig) -> RolloutConfig:
 def build_cache_policy(loaded: LoadedConfig, chunk_frames: int) -> CachePolicy:
     """The run's cache policy, built once from the config and validated by the policy against the chunk size."""
     mode = loaded.cfg.mode
-    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}  # None: the
-    try:                                                                                   # policy's own default
+    # cache keys left at None take the policy class's own default
+    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}
+    try:
         policy = build_policy(mode, **params)
         policy.validate(chunk_frames)
     except CachePolicyError as exc:
@@ -268,15 +269,15 @@ def _architecture(model_dir: Path | None) -> WanConfig:
 
 
 def _check_resolution(loaded: LoadedConfig, arch: WanConfig, spatial: int) -> None:
-    """height and width must give whole latent patches (and whole H.264 macro blocks)."""
+    """height and width must be positive and give whole latent patches (and whole H.264 macro blocks)."""
     patch = arch.patch_size
     step = max(spatial * max(patch[1], patch[2]), MACRO_BLOCK)
     for key in ("height", "width"):
         v = getattr(loaded.cfg, key)
-        if v % step:
+        if v < step or v % step:
             options = [step] if v < step else [v - v % step, v - v % step + step]
-            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a multiple of {step} (VAE factor {spatial} x "
-                           f"patch {patch[1]}x{patch[2]}); use {' or '.join(map(str, options))}.")
+            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a positive multiple of {step} (VAE factor "
+                           f"{spatial} x patch {patch[1]}x{patch[2]}); use {' or '.join(map(str, options))}.")
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -317,9 +318,10 @@ def _check_output_folder(folder: Path) -> None:
                        f"folder you can write to.")
 
 
-def _check_checkpoint_entry(checkpoint: Path, use_ema: bool) -> None:
+def _check_checkpoint_entry(checkpoint: Path, use_ema: bool, trust: bool = False) -> None:
     """Open the checkpoint memory-mapped (cheap) and check it holds the weights asked for (--use_ema or not)."""
-    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint"), checkpoint, use_ema)
+    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint", trust=trust), checkpoint,
+                                 use_ema)
     del state
 
 
@@ -419,7 +421,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     download_allowed = not (args.demo or args.no_download or _env_offline())
     model_dir, checkpoint, download = _model_files(wan_model_dir, checkpoint_path, download_allowed)
     if not download:
-        _check_checkpoint_entry(checkpoint, cfg.use_ema)
+        _check_checkpoint_entry(checkpoint, cfg.use_ema, bool(getattr(args, "trust_checkpoint", False)))
     return RunSettings(config=loaded.to_dict(), config_path=args.config_path, mode=cfg.mode, policy=policy,
                        cache=policy.describe(), rollout=rollout, num_output_frames=num_frames, height=cfg.height,
                        width=cfg.width, fps=cfg.fps, seed=args.seed, num_samples=cfg.num_samples,

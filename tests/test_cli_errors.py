@@ -73,6 +73,7 @@ CASES = {
     "conflicting_mode": (lambda t: ["--is_ds_only", "1", "--mode", "self_forcing"], ["--is_ds_only"]),
     "unsupported_feature": (lambda t: ["lora_ckpt=lora.pt"], ["LongLive's LoRA weights", "lora_ckpt"]),
     "bad_resolution": (lambda t: ["height=100"], ["height=100", "multiple of 16", "override 'height=100'"]),
+    "zero_width": (lambda t: ["width=0"], ["width=0 is not a positive multiple of 16", "use 16"]),
     "missing_prompt_file": (lambda t: ["--data_path", t / "nowhere.txt"], ["nowhere.txt", "does not exist"]),
     "prompt_path_is_a_device": (lambda t: ["--data_path", "/dev/zero"], ["/dev/zero", "not a regular file"]),
     "empty_prompt_file": (lambda t: ["--data_path", _prompt_file(t, "\n\n")], ["p.txt", "empty"]),
@@ -86,7 +87,8 @@ CASES = {
                                    ["ext.txt", "1 lines", "has 2"]),
     "unwritable_output_folder": (lambda t: ["--output_folder", _prompt_file(t, "x", "a_file") / "sub"],
                                  ["a_file/sub", "not writable"]),
-    "missing_model_folder": (lambda t: ["--wan_model_dir", t / "no_such_model"], ["no_such_model", "download"]),
+    "missing_model_folder": (lambda t: ["--wan_model_dir", t / "no_such_model"],
+                             ["no_such_model", "hf download"]),
     "missing_checkpoint": (lambda t: ["--checkpoint_path", t / "missing.pt"], ["missing.pt", "not found"]),
     "use_ema_without_ema": (lambda t: ["--use_ema", "--checkpoint_path", _checkpoint_without_ema(t)],
                             ["no_ema.pt", "generator_ema", "drop --use_ema"]),
@@ -147,5 +149,5 @@ def test_default_model_files_missing_offline(run_cli, tmp_path):
     r = run_cli("--device", "cpu", "--data_path", REPO_ROOT / "prompts" / "demo.txt", "--output_folder", "out",
                 "height=32", "width=32", cwd=tmp_path)  # HF_HUB_OFFLINE=1 in the test environment
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "download Wan-AI/Wan2.1-T2V-1.3B" in r.stderr and "HF_HUB_OFFLINE=1" in r.stderr
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B" in r.stderr and "HF_HUB_OFFLINE=1" in r.stderr
     assert not (tmp_path / "out").exists()
