@@ -67,7 +67,7 @@ def test_offline_download_gives_the_manual_command(tmp_path, monkeypatch):
         hub.download_causal_forcing_checkpoint("framewise/causal_forcing.pt", tmp_path / "checkpoints")
     msg = str(err.value)
     assert "HF_HUB_OFFLINE" in msg and "\n" not in msg
-    assert ("huggingface-cli download zhuhz22/Causal-Forcing framewise/causal_forcing.pt --local-dir checkpoints"
+    assert ("hf download zhuhz22/Causal-Forcing framewise/causal_forcing.pt --local-dir checkpoints"
             in msg)
 
 

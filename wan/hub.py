@@ -122,11 +122,11 @@ def download_checkpoint(checkpoint: Path) -> Path:
 
 
 def causal_forcing_download_command(filename: str, local_dir: Path) -> str:
-    """The ``huggingface-cli`` command that fetches ``filename`` of the Causal Forcing repository into ``local_dir``."""
+    """The ``hf download`` command that fetches ``filename`` of the Causal Forcing repository into ``local_dir``."""
     from .causal_forcing import CAUSAL_FORCING_REPO_ID
     from .loading import _quote, display_path
 
-    return (f"huggingface-cli download {CAUSAL_FORCING_REPO_ID} {_quote(filename)} "
+    return (f"hf download {CAUSAL_FORCING_REPO_ID} {_quote(filename)} "
             f"--local-dir {_quote(display_path(local_dir))}")
 
 
@@ -147,8 +147,7 @@ def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
         """The error raised when the download cannot happen, with the manual command."""
         return ModelFilesError(f"Missing: the Causal Forcing checkpoint {target}; the download could not run "
                                f"({reason}). Download it manually, from the working directory, with "
-                               f"`{causal_forcing_download_command(filename, local_dir)}` (with huggingface_hub >= "
-                               f"1.0 the command is spelled `hf download ...`); then run again.")
+                               f"`{causal_forcing_download_command(filename, local_dir)}`; then run again.")
 
     if hub_offline():
         raise fail("HF_HUB_OFFLINE is set")
@@ -156,8 +155,9 @@ def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
 
     logger.info("downloading %s/%s into %s", CAUSAL_FORCING_REPO_ID, filename, local_dir)
     try:
-        path = huggingface_hub.hf_hub_download(repo_id=CAUSAL_FORCING_REPO_ID, filename=filename,
-                                               local_dir=str(local_dir))
+        with _bars_only_on_terminal():
+            path = huggingface_hub.hf_hub_download(repo_id=CAUSAL_FORCING_REPO_ID, filename=filename,
+                                                   local_dir=str(local_dir))
     except _network_errors() as exc:
         raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
     if Path(path).absolute() != target:
