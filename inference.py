@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     long.add_argument("--recache_on_switch", action="store_true", help="at a prompt switch, recompute the cached "
                       "keys/values of the frames still in the cache under the new prompt (LongLive-style); default: "
                       "keep them (training-free)")
+    cf = p.add_argument_group("image-to-video (Causal Forcing frame-wise models)")
+    cf.add_argument("--i2v", action="store_true", default=None, help="image-to-video (key i2v): --image is the first "
+                    "frame of every video, the prompts describe the motion; needs num_frame_per_block=1")
+    cf.add_argument("--image", default=None, metavar="PATH", help="the first frame (PNG, JPEG, ...), resized to the "
+                    "video's height x width without keeping its aspect ratio")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
     return p
 

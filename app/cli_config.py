@@ -75,9 +75,11 @@ class RunConfig:
     save_with_index: bool = False
     use_ema: bool = False
     output_folder: str = "output"
-    # features of the family that are not wired yet: any value other than the default is an error (UNSUPPORTED)
+    # Causal Forcing: the first generated chunk's step list (CF++; None: denoising_step_list) and image-to-video
+    # (--i2v --image PATH; frame-wise models only)
     denoising_step_list_first_chunk: Optional[List[int]] = None
     i2v: bool = False
+    # features of the family that are not wired yet: any value other than the default is an error (UNSUPPORTED)
     lora_ckpt: Optional[str] = None
     adapter: Optional[Any] = None
     global_sink: bool = False
@@ -110,8 +112,6 @@ TRAINING_KEYS = frozenset({
 # Feature keys not wired yet: key -> (the feature, what to do). A value other than the schema default is an error.
 # Each entry is removed by the change that wires its feature.
 UNSUPPORTED = {
-    "denoising_step_list_first_chunk": ("Causal Forcing++'s first-chunk step list", "use a 4-step model"),
-    "i2v": ("image-to-video (Causal Forcing)", "set i2v: false"),
     "lora_ckpt": ("LongLive's LoRA weights", "remove lora_ckpt and adapter"),
     "adapter": ("LongLive's LoRA adapter", "remove lora_ckpt and adapter"),
     "global_sink": ("LongLive's re-cache with a global sink", "remove global_sink (our re-cache is "
@@ -316,4 +316,6 @@ def rollout_params(cfg: RunConfig) -> dict:
     return dict(denoising_step_list=list(cfg.denoising_step_list), warp_denoising_step=cfg.warp_denoising_step,
                 num_frame_per_block=cfg.num_frame_per_block, context_noise=cfg.context_noise,
                 timestep_shift=cfg.model_kwargs.timestep_shift, independent_first_frame=cfg.independent_first_frame,
-                num_train_timesteps=cfg.num_train_timesteps)
+                num_train_timesteps=cfg.num_train_timesteps,
+                denoising_step_list_first_chunk=(None if cfg.denoising_step_list_first_chunk is None
+                                                 else list(cfg.denoising_step_list_first_chunk)))

@@ -210,7 +210,9 @@ class VideoRunner:
         t["text_encoder"] = time.perf_counter() - t0
         t.update(rollout=0.0, decode=0.0, write=0.0)
         switcher = self.switcher(job, live, t)
-        noise, source = self.pipeline.seeded_noise(s.num_samples, s.num_output_frames, self.latent_shape, s.seed,
+        image = None if s.image is None else s.image.latent(self.vae, s.height, s.width, s.num_samples)
+        generated = s.num_output_frames if image is None or s.endless else s.num_output_frames - 1  # image: frame 0
+        noise, source = self.pipeline.seeded_noise(s.num_samples, generated, self.latent_shape, s.seed,
                                                    s.noise_order)
         B = s.rollout.num_frame_per_block
         num_chunks = None if s.endless else s.num_output_frames // B
@@ -222,7 +224,7 @@ class VideoRunner:
             for out in outputs:
                 stack.enter_context(out)
             chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher,
-                                               recache=s.recache_on_switch)
+                                               recache=s.recache_on_switch, image_latent=image)
             stack.callback(chunks.close)
             tick = time.perf_counter()
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]

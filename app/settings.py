@@ -28,6 +28,7 @@ from wan.vae import load_vae_config
 from utils.frames import video_frames
 from utils.paths import REPO_ROOT
 
+from .image_input import ImageInput
 from .cli_config import CACHE_KEYS, CLIError, Layer, LoadedConfig, get, load_config, rollout_params
 from .prompts import PromptJob, load_prompt_jobs
 from .runtime import DistEnv, dtype_name, resolve_device, resolve_dtype
@@ -81,6 +82,7 @@ class RunSettings:
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
     trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
     compile: bool = False           # --compile: CausalWanModel.compile_blocks() after loading
+    image: ImageInput | None = None  # --i2v --image: the first frame of every video (image-to-video)
 
     @property
     def endless(self) -> bool:
@@ -108,10 +110,13 @@ class RunSettings:
         Keys added after the first release appear only when their feature is used, so videos finished by earlier
         versions (same content) stay finished.
         """
+        rollout = dataclasses.asdict(self.rollout)
+        if rollout.get("denoising_step_list_first_chunk") is None:  # added by Causal Forcing++; absent when unused
+            rollout.pop("denoising_step_list_first_chunk", None)
         out = {"prompt": job.prompt, "extended_prompt": job.extended_prompt, "seed": self.seed, "sample": sample,
                "num_samples": self.num_samples, "num_output_frames": self.num_output_frames,
                "height": self.height, "width": self.width, "fps": self.fps, "mode": self.mode, "cache": self.cache,
-               "rollout": dataclasses.asdict(self.rollout), "checkpoint": self.checkpoint.name,
+               "rollout": rollout, "checkpoint": self.checkpoint.name,
                "use_ema": self.use_ema, "dtype": dtype_name(self.dtype), "device_type": self.device.type}
         if self.noise_order != "upstream":
             out["noise_order"] = self.noise_order
@@ -121,6 +126,8 @@ class RunSettings:
             out["interactive"] = True
         if self.switches_possible:
             out["recache_on_switch"] = self.recache_on_switch
+        if self.image is not None:
+            out.update(self.image.request())  # the image's SHA-256: a changed image renders the video again
         return out
 
 
@@ -152,6 +159,8 @@ def flag_layers(args) -> list[Layer]:
         put("--endless", num_output_frames=None, seconds=None)
     if args.num_samples is not None:
         put(f"--num_samples {args.num_samples}", num_samples=args.num_samples)
+    if getattr(args, "i2v", None):
+        put("--i2v", i2v=True)
     for flag in ("use_ema", "save_with_index"):
         if getattr(args, flag):
             put(f"--{flag}", **{flag: True})
@@ -209,7 +218,7 @@ def build_rollout(loaded: LoadedConfig) -> RolloutConfig:
         return RolloutConfig(**rollout_params(loaded.cfg))
     except ValueError as exc:
         keys = ("denoising_step_list", "num_frame_per_block", "model_kwargs.timestep_shift",
-                "independent_first_frame", "num_train_timesteps", "context_noise")
+                "independent_first_frame", "num_train_timesteps", "context_noise", "denoising_step_list_first_chunk")
         raise CLIError(f"{exc}.{_where(loaded, keys, str(exc))}") from None
 
 
@@ -348,6 +357,28 @@ def _schedule_job(schedule: PromptSchedule) -> PromptJob:
     return PromptJob(0, 0, schedule.opening.prompt, None, schedule.path, "")
 
 
+def _image_input(loaded: LoadedConfig, args, rollout: RolloutConfig, num_frames: int | None) -> ImageInput | None:
+    """The image of an image-to-video run (``i2v`` with ``--image``), checked and hashed; None for text-to-video."""
+    cfg, path = loaded.cfg, getattr(args, "image", None)
+    if not cfg.i2v:
+        if path is not None:
+            raise CLIError(f"--image {path} is the first frame of an image-to-video run; add --i2v (with a "
+                           f"frame-wise Causal Forcing checkpoint and num_frame_per_block=1).")
+        return None
+    if path is None:
+        raise CLIError(f"i2v is on (from {loaded.origin('i2v')}) but no image was given; pass --image PATH (the first "
+                       f"frame of the video, resized to {cfg.height}x{cfg.width}).")
+    if rollout.num_frame_per_block != 1:
+        raise CLIError(f"image-to-video needs frame-wise chunks but num_frame_per_block is "
+                       f"{rollout.num_frame_per_block} (from {loaded.origin('num_frame_per_block')}); one image latent "
+                       f"cannot fill a {rollout.num_frame_per_block}-frame chunk. Pass num_frame_per_block=1 with a "
+                       f"frame-wise Causal Forcing checkpoint (framewise/causal_forcing.pt).")
+    if num_frames is not None and num_frames < 2:
+        raise CLIError(f"image-to-video with num_output_frames={num_frames} would only return the image; ask for "
+                       f"at least 2 latent frames (the image counts as the first).")
+    return ImageInput.open(path, cfg.height, cfg.width)
+
+
 def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = None) -> RunSettings:
     """Check the whole request (no model is loaded; --demo writes its tiny model last, into ``stack``'s temporary
     folder); raise CLIError on the first problem."""
@@ -378,6 +409,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     if num_frames is None and len(jobs) != 1:
         raise CLIError(f"--endless renders one video, but {data_path} holds {len(jobs)} prompts; pass a prompt "
                        f"file with the one opening prompt.")
+    image = _image_input(loaded, args, rollout, num_frames)
     if args.recache_on_switch and not (schedule or args.interactive):
         logger.warning("--recache_on_switch only matters with --prompt_schedule or --interactive; ignored")
     output_folder = Path(cfg.output_folder)
@@ -400,5 +432,5 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
                        vae_temporal=temporal, demo=args.demo, seconds=cfg.seconds, noise_order=noise_order,
                        save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
                        recache_on_switch=bool(args.recache_on_switch),
-                       trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
+                       trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)), image=image,
                        compile=bool(getattr(args, "compile", False)))

@@ -2,6 +2,10 @@
 
 Entry points: ``CausalInferencePipeline.generate`` (prompt embeddings + initial noise + a re-noise source -> latents),
 ``generate_seeded`` (upstream's single-stream seeding), and ``iter_chunks`` (the same rollout, chunk by chunk).
+
+Causal Forcing additions: ``denoising_step_list_first_chunk`` (the first generated chunk uses its own, longer step
+list) and image-to-video (``image_latent``: the image is written into the cache as frame 0 by one call at t = 0, and
+the generated chunks start at frame 1).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ class RolloutConfig:
     """Rollout settings, upstream YAML key names (SPEC section 3)."""
 
     denoising_step_list: list = field(default_factory=lambda: [1000, 750, 500, 250])
+    # Causal Forcing++: steps of the first generated chunk (None: the same list as every other chunk).
+    denoising_step_list_first_chunk: list | None = None
     warp_denoising_step: bool = True
     num_frame_per_block: int = 3
     context_noise: float = 0
@@ -39,9 +45,13 @@ class RolloutConfig:
     num_train_timesteps: int = 1000
 
     def __post_init__(self):
-        steps = list(self.denoising_step_list)
-        if not steps or any(not 0 < int(s) <= self.num_train_timesteps for s in steps):
-            raise ValueError(f"denoising_step_list={steps}: every step must be in (0, {self.num_train_timesteps}]")
+        for key in ("denoising_step_list", "denoising_step_list_first_chunk"):
+            steps = getattr(self, key)
+            if steps is None and key == "denoising_step_list_first_chunk":
+                continue
+            steps = list(steps)
+            if not steps or any(not 0 < int(s) <= self.num_train_timesteps for s in steps):
+                raise ValueError(f"{key}={steps}: every step must be in (0, {self.num_train_timesteps}]")
         if self.num_frame_per_block < 1:
             raise ValueError(f"num_frame_per_block={self.num_frame_per_block} must be >= 1")
         if self.independent_first_frame:
@@ -106,11 +116,25 @@ class CausalInferencePipeline:
         self.progress = progress
         self.rotated_key_buffer = rotated_key_buffer
         self.scheduler = FlowMatchScheduler(config.timestep_shift, config.num_train_timesteps)
-        steps = [int(s) for s in config.denoising_step_list]
-        self.timesteps = (self.scheduler.warp(steps) if config.warp_denoising_step
-                          else torch.tensor(steps, dtype=torch.float32))  # float32 [num_steps]
+        self.timesteps = self._warped(config.denoising_step_list)  # float32 [num_steps]
+        first = config.denoising_step_list_first_chunk
+        self.first_chunk_timesteps = self.timesteps if first is None else self._warped(first)  # float32 [steps]
         policy.validate(config.num_frame_per_block)
         self.kv: KVCache | None = None
+
+    def _warped(self, steps: list) -> torch.Tensor:
+        """A step list as scheduler timesteps (warped when ``warp_denoising_step``) -> float32 [num_steps]."""
+        steps = [int(s) for s in steps]
+        return self.scheduler.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps,
+                                                                                              dtype=torch.float32)
+
+    def chunk_timesteps(self, g: int) -> torch.Tensor:
+        """Timesteps [num_steps] of generated chunk ``g``: the first-chunk list for g = 0, the main list after."""
+        device = self.model.device
+        if self.timesteps.device != device:  # moved once, not copied to the device on every chunk
+            self.timesteps = self.timesteps.to(device)
+            self.first_chunk_timesteps = self.first_chunk_timesteps.to(device)
+        return self.first_chunk_timesteps if g == 0 else self.timesteps
 
     def _cache_for(self, batch: int, tokens_per_frame: int) -> KVCache:
         """The KV cache for this batch size and resolution, allocated once and reused across videos."""
@@ -132,7 +156,8 @@ class CausalInferencePipeline:
     @torch.no_grad()
     def iter_chunks(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
                     renoise: NoiseSource | torch.Generator, prompt_switch: PromptSwitch | None = None,
-                    recache: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+                    recache: bool = False, image_latent: torch.Tensor | None = None
+                    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (chunk index, first frame, x0 [B, num_frames, C, H, W]) chunk by chunk.
 
         prompt_embeds [B, text_len, text_dim]; noise: initial noise [B, T, C, H, W] (T a multiple of the chunk),
@@ -140,6 +165,9 @@ class CausalInferencePipeline:
         ``prompt_switch(i, f)`` is asked before every chunk after the first; when it returns embeddings, the
         cross-attention keys/values are recomputed for them, and with ``recache`` the cached keys/values of the
         retained frames are recomputed under the new prompt (see ``pipeline.recache``).
+        ``image_latent`` [B, C, H, W] (image-to-video, ``num_frame_per_block`` 1 only): written into the cache as
+        frame 0 (one call at t = 0) and yielded as chunk 0 (``(0, 0, image [B, 1, C, H, W])``); the noise covers
+        the generated frames 1, 2, ..., chunk i >= 1 is frame i, and the first-chunk step list goes to frame 1.
         """
         model, B = self.model, self.config.num_frame_per_block
         if isinstance(noise, torch.Tensor):
@@ -149,6 +177,8 @@ class CausalInferencePipeline:
             raise ValueError(f"{T} latent frames is not a multiple of num_frame_per_block={B}")
         if prompt_embeds.shape[0] != batch:
             raise ValueError(f"prompt_embeds batch {prompt_embeds.shape[0]} != noise batch {batch}")
+        if image_latent is not None:
+            check_image_latent(image_latent, batch, noise.latent_shape, B)
         if isinstance(renoise, torch.Generator):
             renoise = generator_noise(renoise)
         F = model.config.tokens_per_frame(H, W)
@@ -156,13 +186,17 @@ class CausalInferencePipeline:
         text_kv = model.encode_text(prompt_embeds.to(model.device))
         clean = CleanLatentStore() if recache else None
         device = model.device
+        f0 = 0  # frames before the first generated chunk: 1 with an image
+        if image_latent is not None:
+            yield 0, 0, self._prefill_image(kv, text_kv, image_latent, clean)
+            f0 = 1
         num_chunks = None if T is None else T // B
         chunk_indices = range(num_chunks) if num_chunks is not None else _count()
         bar = tqdm(chunk_indices, total=num_chunks, desc="chunks", unit="chunk", disable=not self.progress,
                    leave=False)
         try:
-            for i in bar:
-                f = i * B
+            for g in bar:  # g: generated chunk; i: chunk index counting the image as chunk 0
+                i, f = f0 + g, f0 + g * B
                 if prompt_switch is not None and i > 0:
                     new_prompt = prompt_switch(i, f)
                     if new_prompt is not None:
@@ -170,7 +204,8 @@ class CausalInferencePipeline:
                         if clean is not None:
                             recache_kv(model, kv, text_kv, clean, self.config.context_noise)
                 kv.begin_chunk(f, B)
-                x0 = self._denoise_chunk(kv, text_kv, noise.frames(f, B).to(device), f, renoise)
+                xt = noise.frames(g * B, B).to(device)  # [B, n, C, H, W]
+                x0 = self._denoise_chunk(kv, text_kv, xt, f, renoise, self.chunk_timesteps(g))
                 if clean is not None:
                     mark_token_slots(kv)
                 kv.commit()
@@ -181,16 +216,33 @@ class CausalInferencePipeline:
         finally:
             bar.close()
 
-    def _denoise_chunk(self, kv: KVCache, text_kv: list, xt: torch.Tensor, f: int,
-                       renoise: NoiseSource) -> torch.Tensor:
-        """Few-step denoising of one chunk from noise xt [B, n, C, H, W], then the clean pass that fills the cache.
+    def _prefill_image(self, kv: KVCache, text_kv: list, image_latent: torch.Tensor, clean) -> torch.Tensor:
+        """Write the image latent [B, C, H, W] into the cache as frame 0: one call at timestep 0, then commit.
 
-        Returns x0 of the last step [B, n, C, H, W]; re-noise draws happen after every non-final step, in order.
+        Returns the image as a one-frame chunk [B, 1, C, H, W] (model dtype and device).
+        ``clean``: the re-cache store of clean latents (``pipeline.recache``) or None; it gets the image as frame 0.
         """
         model = self.model
-        if self.timesteps.device != model.device:  # moved once, not copied to the device on every chunk
-            self.timesteps = self.timesteps.to(model.device)
-        ts = self.timesteps
+        x = image_latent.to(device=model.device, dtype=model.dtype).unsqueeze(1)  # [B, 1, C, H, W]
+        kv.begin_chunk(0, 1)
+        t = torch.zeros(x.shape[:2], device=model.device)  # [B, 1]: timestep 0, not context_noise (as released)
+        model(x, t, text_kv, kv, start_frame=0)
+        if clean is not None:
+            mark_token_slots(kv)
+        kv.commit()
+        if clean is not None:
+            clean.add(0, x)
+        return x
+
+    def _denoise_chunk(self, kv: KVCache, text_kv: list, xt: torch.Tensor, f: int,
+                       renoise: NoiseSource, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Few-step denoising of one chunk from noise xt [B, n, C, H, W], then the clean pass that fills the cache.
+
+        ``timesteps`` [num_steps] (default: the main step list). Returns x0 of the last step [B, n, C, H, W];
+        re-noise draws [B * n, C, H, W] happen after every non-final step, in order.
+        """
+        model = self.model
+        ts = self.chunk_timesteps(1) if timesteps is None else timesteps  # float32 [num_steps]
         batch, n = xt.shape[:2]
         x0 = xt
         for j in range(len(ts)):
@@ -208,15 +260,24 @@ class CausalInferencePipeline:
 
     def generate(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
                  renoise: NoiseSource | torch.Generator, callback: ChunkCallback | None = None,
-                 prompt_switch: PromptSwitch | None = None, recache: bool = False) -> torch.Tensor:
-        """Run the whole rollout and return latents [B, T, C, H, W] (x0 of every chunk's last step)."""
+                 prompt_switch: PromptSwitch | None = None, recache: bool = False,
+                 image_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the whole rollout and return latents [B, T, C, H, W] (x0 of every chunk's last step).
+
+        With ``image_latent`` [B, C, H, W] the noise covers T - 1 frames and frame 0 of the result is the image.
+        """
         if isinstance(noise, torch.Tensor):
             noise = TensorNoise(noise)
         if noise.num_frames is None:
             raise ValueError("generate() needs a finite number of frames; use iter_chunks() for endless videos")
-        out = torch.empty((noise.batch, noise.num_frames, *noise.latent_shape), dtype=self.model.dtype,
+        f0 = 0
+        if image_latent is not None:
+            check_image_latent(image_latent, noise.batch, noise.latent_shape, self.config.num_frame_per_block)
+            f0 = 1
+        out = torch.empty((noise.batch, f0 + noise.num_frames, *noise.latent_shape), dtype=self.model.dtype,
                           device=self.model.device)
-        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch, recache):
+        for i, f, x0 in self.iter_chunks(prompt_embeds, noise, renoise, prompt_switch=prompt_switch,
+                                            recache=recache, image_latent=image_latent):
             out[:, f:f + x0.shape[1]] = x0
             if callback is not None:
                 callback(i, f, x0)
@@ -243,14 +304,34 @@ class CausalInferencePipeline:
 
     def generate_seeded(self, prompt_embeds: torch.Tensor, num_frames: int, latent_shape: tuple[int, int, int],
                         seed: int, callback: ChunkCallback | None = None, noise_order: str = "upstream",
-                        prompt_switch: PromptSwitch | None = None, recache: bool = False) -> torch.Tensor:
+                        prompt_switch: PromptSwitch | None = None, recache: bool = False,
+                        image_latent: torch.Tensor | None = None) -> torch.Tensor:
         """Upstream's seeding: one generator seeded once; the whole initial noise first, then every re-noise draw.
 
-        latent_shape = (C, H, W), e.g. (16, 60, 104). Returns latents [B, num_frames, C, H, W].
+        latent_shape = (C, H, W), e.g. (16, 60, 104). Returns latents [B, num_frames, C, H, W]; with
+        ``image_latent`` (image-to-video) frame 0 is the image and noise is drawn for the other num_frames - 1.
         """
-        noise, source = self.seeded_noise(prompt_embeds.shape[0], num_frames, latent_shape, seed, noise_order)
+        generated = num_frames if image_latent is None else num_frames - 1
+        noise, source = self.seeded_noise(prompt_embeds.shape[0], generated, latent_shape, seed, noise_order)
         return self.generate(prompt_embeds, noise, source, callback=callback, prompt_switch=prompt_switch,
-                             recache=recache)
+                             recache=recache, image_latent=image_latent)
+
+
+class ImageToVideoError(ValueError):
+    """An image-to-video setting the rollout cannot run; the message names the value and the fix."""
+
+
+def check_image_latent(image_latent: torch.Tensor, batch: int, latent_shape: tuple, chunk_frames: int) -> None:
+    """Check an image latent [batch, C, H, W] against the rollout (one-frame chunks, the noise's geometry)."""
+    if chunk_frames != 1:
+        raise ImageToVideoError(
+            f"image-to-video needs frame-wise chunks (num_frame_per_block: 1) but the config has "
+            f"num_frame_per_block: {chunk_frames}; one image latent cannot fill a {chunk_frames}-frame chunk. Use a "
+            f"frame-wise Causal Forcing checkpoint (framewise/causal_forcing.pt) with its frame-wise config.")
+    if tuple(image_latent.shape) != (batch, *latent_shape):
+        raise ImageToVideoError(f"image latent has shape {tuple(image_latent.shape)} but the rollout needs "
+                                f"{(batch, *latent_shape)} (batch, channels, latent height, latent width); encode "
+                                f"the image at the video's resolution.")
 
 
 def _count():

@@ -32,13 +32,13 @@ LOADS = {
     "default_config.yaml": (3, 21, 10, [1000, 750, 500, 250]),
     "causal_forcing_dmd_chunkwise.yaml": (3, 21, 10, [1000, 750, 500, 250]),
     "causal_forcing_dmd_framewise.yaml": (1, 21, 10, [1000, 750, 500, 250]),
+    "causal_forcing_dmd_framewise_2step.yaml": (1, 21, 10, [1000, 500]),
+    "causal_forcing_dmd_framewise_1step.yaml": (1, 21, 10, [1000]),
     "self_forcing_dmd_vsink1.yaml": (3, 6, 1, [1000, 750, 500, 250]),
     "self_forcing_dmd _frame1.yaml": (1, 21, 10, [1000, 750, 500, 250]),
 }
 # file -> words of the one-paragraph "not supported yet" error
 FEATURES = {
-    "causal_forcing_dmd_framewise_2step.yaml": ["first-chunk step list", "denoising_step_list_first_chunk"],
-    "causal_forcing_dmd_framewise_1step.yaml": ["first-chunk step list"],
     "longlive_inference.yaml": ["LoRA", "lora_ckpt", "adapter", "global_sink"],
     "longlive_interactive_inference.yaml": ["LoRA", "switch_frame_indices", "global_sink"],
     "longlive_inference_infinity.yaml": ["LoRA", "model_kwargs.use_infinite_attention"],
@@ -91,7 +91,7 @@ def test_family_yaml_names_missing_feature(name):
 @pytest.mark.parametrize("key", sorted(UNSUPPORTED))
 def test_each_unsupported_key_is_named(key):
     """Every feature key's non-default value is an error naming it (never silently ignored)."""
-    value = {"denoising_step_list_first_chunk": "[1000]", "i2v": "true", "lora_ckpt": "x.pt", "adapter": "{rank: 4}",
+    value = {"lora_ckpt": "x.pt", "adapter": "{rank: 4}",
              "global_sink": "true", "switch_frame_indices": "[40]", "model_kwargs.use_infinite_attention": "true",
              "inference_iter": "3", "model_name": "Wan2.1-T2V-14B"}[key]
     with pytest.raises(CLIError, match=re.escape(f"{key}=")):

@@ -119,3 +119,47 @@ def download_checkpoint(checkpoint: Path) -> Path:
     if Path(path).absolute() != checkpoint:
         logger.warning("the hub placed the checkpoint at %s, expected %s", path, checkpoint)
     return checkpoint
+
+
+def causal_forcing_download_command(filename: str, local_dir: Path) -> str:
+    """The ``hf download`` command that fetches ``filename`` of the Causal Forcing repository into ``local_dir``."""
+    from .causal_forcing import CAUSAL_FORCING_REPO_ID
+    from .loading import _quote, display_path
+
+    return (f"hf download {CAUSAL_FORCING_REPO_ID} {_quote(filename)} "
+            f"--local-dir {_quote(display_path(local_dir))}")
+
+
+def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
+    """Fetch a released Causal Forcing file (e.g. ``framewise/causal_forcing.pt``) to ``local_dir / filename``.
+
+    Offline or with the hub unreachable this raises :class:`~wan.loading.ModelFilesError` with the manual command.
+    """
+    from .causal_forcing import CAUSAL_FORCING_CHECKPOINTS, CAUSAL_FORCING_REPO_ID
+
+    local_dir = Path(local_dir).absolute()
+    target = local_dir / filename
+    if filename not in CAUSAL_FORCING_CHECKPOINTS:
+        raise ModelFilesError(f"{filename} is not a released Causal Forcing checkpoint; use one of "
+                              f"{', '.join(CAUSAL_FORCING_CHECKPOINTS)}.")
+
+    def fail(reason: str) -> ModelFilesError:
+        """The error raised when the download cannot happen, with the manual command."""
+        return ModelFilesError(f"Missing: the Causal Forcing checkpoint {target}; the download could not run "
+                               f"({reason}). Download it manually, from the working directory, with "
+                               f"`{causal_forcing_download_command(filename, local_dir)}`; then run again.")
+
+    if hub_offline():
+        raise fail("HF_HUB_OFFLINE is set")
+    import huggingface_hub
+
+    logger.info("downloading %s/%s into %s", CAUSAL_FORCING_REPO_ID, filename, local_dir)
+    try:
+        with _bars_only_on_terminal():
+            path = huggingface_hub.hf_hub_download(repo_id=CAUSAL_FORCING_REPO_ID, filename=filename,
+                                                   local_dir=str(local_dir))
+    except _network_errors() as exc:
+        raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
+    if Path(path).absolute() != target:
+        logger.warning("the hub placed the checkpoint at %s, expected %s", path, target)
+    return target

@@ -342,8 +342,13 @@ def generator_state_dict(checkpoint: object, path: Path, use_ema: bool = False) 
                               f"Self Forcing checkpoint. Pass --checkpoint_path with one (e.g. {DEFAULT_CHECKPOINT}).")
     if name not in checkpoint:
         keys = sorted(str(k) for k in checkpoint)[:8]
-        hint = ("drop --use_ema to use 'generator', or use a checkpoint saved with EMA weights" if use_ema
-                else "pass a Self Forcing checkpoint (a dict with 'generator' and 'generator_ema')")
+        other = "generator" if use_ema else "generator_ema"
+        if other in checkpoint:  # e.g. Causal Forcing files hold one entry: generator_ema, or generator (chunk-wise)
+            hint = (f"it holds '{other}' weights: drop --use_ema to use them" if use_ema
+                    else f"it holds '{other}' weights: pass --use_ema to use them")
+        else:
+            hint = ("drop --use_ema to use 'generator', or use a checkpoint saved with EMA weights" if use_ema
+                    else "pass a Self Forcing checkpoint (a dict with 'generator' and 'generator_ema')")
         raise ModelFilesError(f"{path} has no '{name}' entry (its top-level keys are {keys}); {hint}.")
     state = checkpoint[name]
     if not isinstance(state, dict):

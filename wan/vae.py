@@ -1,4 +1,4 @@
-"""Wan2.1 VAE decoding with ``diffusers.AutoencoderKLWan``: latent un-normalisation, full and streaming decode.
+"""Wan2.1 VAE with ``diffusers.AutoencoderKLWan``: latent (un-)normalisation, encode, full and streaming decode.
 
 The network is built from ``configs/wan_vae_config.json`` (committed, so nothing is fetched) and filled from
 ``Wan2.1_VAE.pth`` through diffusers' own key converter, strictly. Our latents are ``[B, T, 16, h, w]`` (time
@@ -99,7 +99,7 @@ def build_vae(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype =
 
 
 class WanVAE:
-    """Decode Wan latents ``[B, T, z_dim, h, w]`` to video ``[B, 4(T-1)+1, 3, 8h, 8w]`` in [-1, 1]."""
+    """Decode Wan latents ``[B, T, z_dim, h, w]`` to video ``[B, 4(T-1)+1, 3, 8h, 8w]`` in [-1, 1], and encode back."""
 
     def __init__(self, model, latents_mean: list[float], latents_std: list[float]):
         self.model = model
@@ -149,6 +149,29 @@ class WanVAE:
         mean = self.latents_mean.to(device=z.device, dtype=z.dtype).view(shape)
         inv_std = 1.0 / self.latents_std.to(device=z.device, dtype=z.dtype).view(shape)
         return (z / inv_std + mean).to(self.dtype)
+
+    def normalize(self, mu: torch.Tensor) -> torch.Tensor:
+        """VAE posterior means ``[B, C, T, h, w]`` -> our normalised latents ``[B, T, C, h, w]`` (VAE dtype).
+
+        Wan's arithmetic ``(mu - mean) * (1 / std)`` per channel, the inverse of :meth:`denormalize`.
+        """
+        shape = (1, self.z_dim, 1, 1, 1)
+        mean = self.latents_mean.to(device=mu.device, dtype=mu.dtype).view(shape)
+        inv_std = 1.0 / self.latents_std.to(device=mu.device, dtype=mu.dtype).view(shape)
+        return ((mu - mean) * inv_std).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Encode video ``[B, T, 3, H, W]`` in [-1, 1] (T = 1 for an image) -> latents ``[B, 1 + (T-1)/4, C, h, w]``.
+
+        The posterior mean (no sampling), normalised as the rollout's latents; the layout is the one
+        :meth:`decode` returns, so ``encode`` of a one-frame video gives the one latent frame image-to-video uses.
+        """
+        if video.dim() != 5 or video.shape[2] != 3 or (video.shape[1] - 1) % self.temporal_factor:
+            raise ValueError(f"video must be [B, 1 + {self.temporal_factor}k, 3, H, W], got {tuple(video.shape)}")
+        x = video.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype)  # [B, 3, T, H, W]
+        mu = self.model.encode(x).latent_dist.mean  # [B, z_dim, t, h, w]
+        return self.normalize(mu)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
