@@ -16,7 +16,7 @@ from .scheduler import FlowMatchScheduler
 
 from .kv_cache import KVCache
 from .policies import CachePolicy
-from .recache import CleanLatentStore, mark_token_slots, recache_kv
+from .recache import mark_token_slots, recache_store
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +132,17 @@ class CausalInferencePipeline:
     @torch.no_grad()
     def iter_chunks(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
                     renoise: NoiseSource | torch.Generator, prompt_switch: PromptSwitch | None = None,
-                    recache: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+                    recache: bool | str = False, global_sink: bool = True
+                    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (chunk index, first frame, x0 [B, num_frames, C, H, W]) chunk by chunk.
 
         prompt_embeds [B, text_len, text_dim]; noise: initial noise [B, T, C, H, W] (T a multiple of the chunk),
         or a ``TensorNoise`` / ``LazyNoise`` (``num_frames=None``: endless, stop iterating when done).
         ``prompt_switch(i, f)`` is asked before every chunk after the first; when it returns embeddings, the
         cross-attention keys/values are recomputed for them, and with ``recache`` the cached keys/values of the
-        retained frames are recomputed under the new prompt (see ``pipeline.recache``).
+        retained frames are recomputed under the new prompt (see ``pipeline.recache``): ``recache`` True or "ours"
+        recomputes every cached frame at its position, "longlive" is LongLive's re-cache, whose ``global_sink``
+        (True as released) keeps the sink's keys/values; False keeps the cache as it is.
         """
         model, B = self.model, self.config.num_frame_per_block
         if isinstance(noise, torch.Tensor):
@@ -154,7 +157,7 @@ class CausalInferencePipeline:
         F = model.config.tokens_per_frame(H, W)
         kv = self._cache_for(batch, F)
         text_kv = model.encode_text(prompt_embeds.to(model.device))
-        clean = CleanLatentStore() if recache else None
+        clean = recache_store(recache, global_sink, self.policy)
         device = model.device
         num_chunks = None if T is None else T // B
         chunk_indices = range(num_chunks) if num_chunks is not None else _count()
@@ -168,7 +171,7 @@ class CausalInferencePipeline:
                     if new_prompt is not None:
                         text_kv = model.encode_text(new_prompt.to(device))
                         if clean is not None:
-                            recache_kv(model, kv, text_kv, clean, self.config.context_noise)
+                            clean.recache(model, kv, text_kv, self.config.context_noise)
                 kv.begin_chunk(f, B)
                 x0 = self._denoise_chunk(kv, text_kv, noise.frames(f, B).to(device), f, renoise)
                 if clean is not None:
