@@ -140,3 +140,20 @@ def test_store_keeps_the_last_window_frames_for_longlive(model):
     assert sorted(store._frames) == list(range(27 - L, 27))
     with pytest.raises(ValueError, match="'longlive'"):
         recache_store("peft", True, SelfForcingWindow(local_attn_size=L, sink_size=S))
+
+
+def test_longlive_recache_past_frame_1100():
+    global_sink = False  # the variant that moves the sink (positions rebuilt from the pass)
+    model = tiny_model(seed=9, num_layers=1)
+    pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S)
+    prompts = {0: text_embeds(1, model.config, seed=1), 367: text_embeds(1, model.config, seed=2),
+               369: text_embeds(1, model.config, seed=3)}  # switches at f = 1101 and 1107
+    noise, source = pipe.seeded_noise(1, 1113, (16, 2, 2), seed=0, noise_order="chunked")
+    last = None
+    for i, f, x0 in pipe.iter_chunks(prompts[0], noise, source, prompt_switch=lambda i, f: prompts.get(i),
+                                     recache="longlive", global_sink=global_sink):
+        last = x0
+    assert torch.isfinite(last).all()
+    sink = pipe.kv.layers[0].frame[0, :S].tolist()  # F = 1 token per frame
+    assert sink == ([0, 1, 2] if global_sink else [1107 - L + j for j in range(S)])
+    assert pipe.kv.layers[0].frame[0, :pipe.kv.layers[0].n].tolist()[S:] == list(range(1113 - (L - S), 1113))
