@@ -5,7 +5,7 @@ import torch
 
 from naive_wan import _sigma_table, naive_forward
 from pipeline.recache import CleanLatentStore, LongLiveRecache, recache_store
-from pipeline.policies import SelfForcingWindow
+from pipeline.policies import SelfForcingWindow, build_policy, registered_modes
 from tiny import text_embeds, tiny_model, tiny_pipeline
 
 LATENT = (16, 4, 4)  # F = 4 tokens per frame
@@ -13,12 +13,13 @@ L, S, B = 12, 3, 3
 T = 30
 
 
-def naive_longlive(sd, cfg, prompts, noise, renoise_gen, global_sink, steps=(1000, 750, 500, 250)):
+def naive_longlive(sd, cfg, prompts, noise, renoise_gen, global_sink, steps=(1000, 750, 500, 250), slots=False):
     """The Self Forcing window rollout (L, S, B) with LongLive's switch + re-cache, written out on frame lists.
 
     prompts: {chunk index: text embeddings} (chunk 0 the opening prompt). Each layer's cache is a list of
     (k unrotated, v, absolute position, frame) entries, one per frame, the sink its first S entries.
-    Returns (latents, per-layer cached frame lists at the end).
+    With ``slots`` (LongLive's infinite mode) every key sits at its cache slot and the queries at the slots they
+    will take, instead of absolute positions. Returns (latents, per-layer cached frame lists at the end).
     """
     sig, ts = _sigma_table()
     table = torch.cat([ts, torch.zeros(1)])
@@ -42,7 +43,10 @@ def naive_longlive(sd, cfg, prompts, noise, renoise_gen, global_sink, steps=(100
                 frames = list(range(f - min(L, f), f))
                 extra = [[] for _ in cache]  # the frames attend only each other
             x = torch.stack([clean[fr] for fr in frames], dim=1)
-            _, own = naive_forward(sd, cfg, x, torch.zeros(batch, len(frames)), text, extra, frames[0])
+            if slots:
+                extra = [[(k, v, j) for j, (k, v, _) in enumerate(layer)] for layer in extra]
+            start = len(extra[0]) if slots else frames[0]
+            _, own = naive_forward(sd, cfg, x, torch.zeros(batch, len(frames)), text, extra, start)
             for li, (k, v) in enumerate(own):
                 Fn = k.shape[1] // len(frames)
                 new = [(k[:, j * Fn:(j + 1) * Fn], v[:, j * Fn:(j + 1) * Fn], fr, fr) for j, fr in enumerate(frames)]
@@ -50,10 +54,11 @@ def naive_longlive(sd, cfg, prompts, noise, renoise_gen, global_sink, steps=(100
         for li, layer in enumerate(cache):
             if len(layer) + B > L:
                 cache[li] = layer[:S] + layer[len(layer) - (L - B - S):]
-        ctx = [[(k, v, p) for k, v, p, _ in layer] for layer in cache]
+        ctx = [[(k, v, j if slots else p) for j, (k, v, p, _) in enumerate(layer)] for layer in cache]
+        start = len(ctx[0]) if slots else f
         x = noise[:, f:f + B]
         for j, tv in enumerate(warped):
-            flow, _ = naive_forward(sd, cfg, x, torch.full((batch, B), float(tv)), text, ctx, f)
+            flow, _ = naive_forward(sd, cfg, x, torch.full((batch, B), float(tv)), text, ctx, start)
             x0 = (x.double() - sigma(tv).double() * flow.double()).float()
             if j + 1 < len(warped):
                 eps = torch.randn((batch * B, *noise.shape[2:]), generator=renoise_gen)
@@ -62,7 +67,7 @@ def naive_longlive(sd, cfg, prompts, noise, renoise_gen, global_sink, steps=(100
         out[:, f:f + B] = x0
         for c in range(B):
             clean[f + c] = x0[:, c]
-        _, own = naive_forward(sd, cfg, x0, torch.zeros(batch, B), text, ctx, f)
+        _, own = naive_forward(sd, cfg, x0, torch.zeros(batch, B), text, ctx, start)
         for li, (k, v) in enumerate(own):
             Fn = k.shape[1] // B
             cache[li] += [(k[:, c * Fn:(c + 1) * Fn], v[:, c * Fn:(c + 1) * Fn], f + c, f + c) for c in range(B)]
@@ -74,8 +79,8 @@ def model():
     return tiny_model(seed=8)
 
 
-def _run(model, prompts, noise, recache, global_sink=True):
-    pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S)
+def _run(model, prompts, noise, recache, global_sink=True, policy=None):
+    pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S, policy=policy)
     chunks = list(pipe.iter_chunks(prompts[0], noise, torch.Generator().manual_seed(7),
                                    prompt_switch=lambda i, f: prompts.get(i), recache=recache,
                                    global_sink=global_sink))
@@ -157,3 +162,19 @@ def test_longlive_recache_past_frame_1100():
     sink = pipe.kv.layers[0].frame[0, :S].tolist()  # F = 1 token per frame
     assert sink == ([0, 1, 2] if global_sink else [1107 - L + j for j in range(S)])
     assert pipe.kv.layers[0].frame[0, :pipe.kv.layers[0].n].tolist()[S:] == list(range(1113 - (L - S), 1113))
+
+
+@pytest.mark.skipif("infinite_forcing" not in registered_modes(), reason="needs the infinite_forcing cache mode")
+@pytest.mark.parametrize("global_sink", [True, False])
+def test_longlive_recache_in_infinite_mode_equals_slot_reference(model, global_sink):
+    # LongLive's infinite mode: keys at their cache slot, a rolled chunk's queries at slots L-B .. L-1; the re-cache
+    # pass at slots too (f > L: the frames at 0 .. L-1, or S .. L-1 after the kept sink).
+    noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(3))
+    prompts = {0: text_embeds(1, model.config, seed=1), 3: text_embeds(1, model.config, seed=10),
+               6: text_embeds(1, model.config, seed=11), 9: text_embeds(1, model.config, seed=12)}
+    policy = build_policy("infinite_forcing", local_attn_size=L, sink_size=S)
+    ours, _ = _run(model, prompts, noise, "longlive", global_sink, policy=policy)
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    ref, _ = naive_longlive(sd, model.config.to_dict(), prompts, noise, torch.Generator().manual_seed(7),
+                            global_sink, slots=True)
+    assert (ours - ref).abs().max().item() < 1e-5
