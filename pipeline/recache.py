@@ -15,9 +15,10 @@ m = min(L, f) frames:
 - f > L, ``global_sink`` false: frames f-L .. f-1 are recomputed together and replace the whole cache, so the sink
   becomes frames f-L .. f-L+S-1 at their own positions.
 
-The pass's frames sit at consecutive time positions ending at the current position of frame f-1 (their absolute
-indices in the Self Forcing window, which is LongLive's normal mode). The clean-latent store of this variant keeps
-the last L frames, since frames the cache has already evicted may be recomputed.
+The pass's frames sit at consecutive time positions ending at the current position of frame f-1: their absolute
+indices in the Self Forcing window (LongLive's normal mode), their slots relative to the sink placed right before the
+window (LongLive's infinite mode, the ``infinite_forcing`` cache). The clean-latent store of this variant keeps the
+last L frames, since frames the cache has already evicted may be recomputed.
 """
 from __future__ import annotations
 
