@@ -37,7 +37,7 @@ def longlive_download_command(paths: list[Path]) -> str:
     names = [_repo_file(p) for p in paths]
     known = [p for p, n in zip(paths, names) if n is not None]
     local_dir = Path(known[0]).absolute().parent.parent if known else Path.cwd() / LONGLIVE_DIR
-    files = " ".join(n or LONGLIVE_BASE_FILE for n in dict.fromkeys(names))
+    files = " ".join(dict.fromkeys(n for n in names if n is not None)) or f"{LONGLIVE_BASE_FILE} {LONGLIVE_LORA_FILE}"
     return f"hf download {LONGLIVE_REPO_ID} {files} --local-dir {display_path(local_dir)}"
 
 
