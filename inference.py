@@ -21,25 +21,20 @@ import dataclasses
 import logging
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from app.cli_config import MODES, NOISE_ORDERS, REPO_ROOT, CLIError
+from app.cli_config import NOISE_ORDERS, CLIError, RunConfig
 from app.outputs import pending_slots, plan_outputs
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
+from utils.frames import video_frames
 
 logger = logging.getLogger("inference")
 
-DEFAULT_FRAMES = 126                    # latent frames (501 video frames, ~31 s at 16 fps), as the released CLI
 DEFAULT_SEED = 1356145
-DEMO_FRAMES = 24                        # enough chunks to overflow the 21-frame window once
-DEMO_SIZE = ("height=64", "width=112")   # small frames so the tiny model runs in seconds on CPU
-DEFAULT_PROMPTS = REPO_ROOT / "prompts" / "examples.txt"
-DEMO_PROMPTS = REPO_ROOT / "prompts" / "demo.txt"
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_IO = 2, 130, 143, 1
 
 
@@ -48,29 +43,41 @@ class Terminated(KeyboardInterrupt):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: upstream flags (same meaning and defaults) plus this project's."""
+    """The command line: upstream flags (same meaning and defaults) plus this project's.
+
+    Flags that set config keys default to None (= not given): their defaults live in app.cli_config.RunConfig.
+    """
+    from pipeline.policies import registered_modes
+    frames = RunConfig.num_output_frames
     p = argparse.ArgumentParser(description="Deep Forcing: training-free long video generation (Wan2.1-T2V-1.3B, "
                                 "Self Forcing). Extra arguments key=value override config keys, e.g. "
-                                "model_kwargs.sink_size=12.")
+                                "model_kwargs.sink_size=12. Merge order: defaults, --config_path, --demo, flags, "
+                                "key=value (see README 'Configs'; --print_config shows the result).")
     up = p.add_argument_group("upstream flags")
-    up.add_argument("--config_path", default=None, help="YAML config (default: configs/default.yaml, sink 10)")
+    up.add_argument("--config_path", default=None, help="YAML config merged over the defaults (sink 10, window 21); "
+                    "the shipped ones are configs/self_forcing_dmd/self_forcing_dmd_sink{0..21}.yaml")
     up.add_argument("--checkpoint_path", default=None, help="Self Forcing checkpoint (default "
                     "checkpoints/self_forcing_dmd.pt, downloaded on first use)")
     up.add_argument("--data_path", default=None, help="prompt file (one per line), folder of line_XXXX.txt files, "
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
                     "instead of the prompt, which still names the file")
-    up.add_argument("--output_folder", default=None, help="where videos go (default output/, --demo: output/demo)")
+    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, --demo: output/demo)")
     up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
-                    f"size (default {DEFAULT_FRAMES} = {4 * DEFAULT_FRAMES - 3} video frames); the video has 4T-3")
-    up.add_argument("--use_ema", action="store_true", help="use the checkpoint's generator_ema weights")
+                    f"size (default {frames} = {video_frames(frames)} video frames); the video has 4T-3")
+    up.add_argument("--use_ema", action="store_true", default=None, help="use the checkpoint's generator_ema "
+                    "weights (key use_ema)")
     up.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed; every prompt starts from it")
-    up.add_argument("--num_samples", type=int, default=1, help="videos per prompt, drawn as one batch")
-    up.add_argument("--save_with_index", action="store_true", help="name files {idx}-{sample}_{ema|regular}.mp4")
-    up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only; 0: Deep Sink + "
-                    "Participative Compression")
-    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (default 16)")
-    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (default 4)")
+    up.add_argument("--num_samples", type=int, default=None, help=f"videos per prompt, drawn as one batch (default "
+                    f"{RunConfig.num_samples})")
+    up.add_argument("--save_with_index", action="store_true", default=None, help="name files "
+                    "{idx}-{sample}_{ema|regular}.mp4 (key save_with_index)")
+    up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only (mode deep_sink); "
+                    "0: the config's mode (default deep_sink_pc: Deep Sink + Participative Compression)")
+    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (key budget; default: the "
+                    "policy's, 16)")
+    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (key recent; default: the "
+                    "policy's, 4)")
     ours = p.add_argument_group("this project")
     ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
                       "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
@@ -78,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "torchrun; cpu with --demo)")
     ours.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default bf16 on CUDA, "
                       "fp32 on CPU")
-    ours.add_argument("--mode", default=None, choices=MODES, help="cache mode for ablations (default: the "
-                      "config's mode key, else from --is_ds_only)")
+    ours.add_argument("--mode", default=None, choices=registered_modes(), help="cache mode (key mode; default "
+                      f"{RunConfig.mode}, or deep_sink with --is_ds_only 1)")
+    ours.add_argument("--print_config", action="store_true", help="print the merged config as YAML and exit")
     ours.add_argument("--demo", action="store_true", help="no weights needed: build a tiny random model and render "
                       "the demo prompts on CPU in seconds (noise videos, real pipeline)")
     ours.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
@@ -106,26 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                       "keep them (training-free)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
     return p
-
-
-def fill_defaults(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
-    """Defaults that depend on --demo; for --demo also write the tiny model into a temporary folder."""
-    from wan.loading import DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR
-    if args.demo:
-        from wan.fixtures import write_tiny_model
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deep_forcing_demo_")))
-        tiny = write_tiny_model(tmp)
-        args.wan_model_dir = args.wan_model_dir or str(tiny.model_dir)
-        args.checkpoint_path = args.checkpoint_path or str(tiny.checkpoint)
-        args.overrides = [*DEMO_SIZE, *args.overrides]  # the user's own overrides come later and win
-        args.no_download = True
-    args.wan_model_dir = args.wan_model_dir or DEFAULT_WAN_MODEL_DIR
-    args.checkpoint_path = args.checkpoint_path or DEFAULT_CHECKPOINT
-    if args.prompt_schedule is None:
-        args.data_path = args.data_path or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
-    args.output_folder = args.output_folder or ("output/demo" if args.demo else "output")
-    if args.num_output_frames is None and args.seconds is None and not args.endless:
-        args.num_output_frames = DEMO_FRAMES if args.demo else DEFAULT_FRAMES
 
 
 def output_plan(settings) -> dict:
@@ -214,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(dist, args.log_level)
     signal.signal(signal.SIGTERM, _raise_terminated)
     from wan.loading import ModelFilesError
-    from app.settings import check_flags, resolve_settings
+    from app.settings import config_from_args, resolve_settings
     try:
+        if args.print_config:
+            sys.stdout.write(OmegaConf.to_yaml(config_from_args(args).cfg))
+            return 0
         with contextlib.ExitStack() as stack:
-            check_flags(args, dist)
-            fill_defaults(args, stack)
-            settings = resolve_settings(args, dist)
-            return run(settings)
+            return run(resolve_settings(args, dist, stack))
     except (CLIError, ModelFilesError) as exc:
         sys.stderr.write("error: " + " ".join(str(exc).split()) + "\n")
         return EXIT_USAGE

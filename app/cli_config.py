@@ -1,72 +1,102 @@
-"""Inference YAML configs (upstream key names): defaults, schema check, and ``key=value`` overrides.
+"""The run configuration: one typed schema (OmegaConf structured config), merged in layers, every value checked.
 
-A run's config is ``configs/default.yaml``, then the file given with ``--config_path`` merged over it (as upstream
-merges its default config), then the command line's ``key=value`` overrides (dotted keys reach into
-``model_kwargs``). Unknown keys and wrongly typed values raise ``CLIError`` naming the key, the file and the fix.
+Layers, later wins: the schema defaults (``RunConfig`` below, the only place a default is written) -> the
+``--config_path`` YAML -> ``--demo``'s small size -> the flags that map onto keys (``--Budget`` -> ``budget``, ...)
+-> the command line's dotted ``key=value`` overrides. Upstream key names are kept, so every inference YAML of Self
+Forcing, Deep Forcing, Causal Forcing, Infinite-Forcing and LongLive loads: their training-only keys are dropped
+(``TRAINING_KEYS``), and a key that selects a feature this version does not have yet is an error naming the feature
+(``UNSUPPORTED``). Every error is a ``CLIError``: one paragraph naming the file, flag or override and the fix.
 """
 from __future__ import annotations
 
-import copy
-import difflib
+import dataclasses
 import logging
+import math
+import re
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, List, Optional
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from utils.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
-MODES = ("self_forcing", "deep_sink", "deep_sink_pc")
 NOISE_ORDERS = ("upstream", "chunked")   # pipeline.seeded_noise: all initial noise first, or chunk by chunk
+FPS_RANGE = (1.0, 240.0)                 # frame rates the mp4 writer is asked to support
+DEFAULT_SOURCE = "default"               # origin label of a schema default
 
 
 class CLIError(Exception):
     """A user-facing error: one paragraph saying what is wrong (file / key / value) and what to do."""
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+@dataclass
+class ModelKwargs:
+    """``model_kwargs``: the DiT's attention window and sink, and the scheduler shift (upstream names)."""
+
+    timestep_shift: float = 5.0
+    local_attn_size: int = 21            # cache window L in latent frames (-1: global, capped at 21)
+    sink_size: int = 10                  # sink frames S
+    use_infinite_attention: bool = False  # LongLive's infinite mode (not supported yet)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+@dataclass
+class RunConfig:
+    """Every config key with its one default. ``None`` for a cache parameter means the policy class's default."""
+
+    # Self Forcing rollout (few-step, chunk-wise)
+    denoising_step_list: List[int] = field(default_factory=lambda: [1000, 750, 500, 250])
+    warp_denoising_step: bool = True
+    num_frame_per_block: int = 3         # latent frames per chunk (B)
+    context_noise: float = 0.0           # timestep of the clean pass that writes the chunk into the KV cache
+    independent_first_frame: bool = False
+    num_train_timesteps: int = 1000
+    model_kwargs: ModelKwargs = field(default_factory=ModelKwargs)
+    # upstream spellings: must agree with num_train_timesteps / model_kwargs.timestep_shift when given
+    num_train_timestep: Optional[int] = None
+    timestep_shift: Optional[float] = None
+    # video
+    height: int = 480                    # pixels
+    width: int = 832
+    fps: float = 16.0
+    num_output_frames: Optional[int] = 126   # latent frames T (4T-3 video frames); null with --endless / seconds
+    seconds: Optional[float] = None      # video length in seconds instead (wins over num_output_frames)
+    # cache: the mode and the parameters of its policy (pipeline.policies); --is_ds_only 1 / --mode set the mode
+    mode: str = "deep_sink_pc"
+    budget: Optional[int] = None         # --Budget: Participative Compression budget N (frames)
+    recent: Optional[int] = None         # --Recent: PC recent frames R
+    reuse_cap: Optional[int] = None      # PC: times a token may be re-selected (0: no cap)
+    realign_topc: Optional[bool] = None  # PC: the paper's variant that also re-aligns the kept top-C tokens
+    sink_gap: Optional[int] = None       # Deep Sink: unused time indices between sink and tail (None: the chunk size)
+    # outputs (LongLive's YAMLs carry these; the flags of the same name win)
+    num_samples: int = 1
+    save_with_index: bool = False
+    use_ema: bool = False
+    output_folder: str = "output"
+    # features of the family that are not wired yet: any value other than the default is an error (UNSUPPORTED)
+    denoising_step_list_first_chunk: Optional[List[int]] = None
+    i2v: bool = False
+    lora_ckpt: Optional[str] = None
+    adapter: Optional[Any] = None
+    global_sink: bool = False
+    switch_frame_indices: Optional[Any] = None
+    inference_iter: int = -1
+    model_name: str = "Wan2.1-T2V-1.3B"
 
 
-def _int_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(_is_int(x) for x in v)
+SECTIONS = ("model_kwargs",)
+# RunConfig key -> policy parameter (build_policy(mode, **params)); None values are left to the policy's default.
+CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.sink_size": "sink_size",
+              "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc", "sink_gap": "sink_gap"}
 
-
-def _mode(v: Any) -> bool:
-    return v is None or v in MODES
-
-
-# key -> (check, what the check expects). Dotted keys are nested (model_kwargs.*).
-SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "denoising_step_list": (_int_list, "a non-empty list of integers, e.g. [1000, 750, 500, 250]"),
-    "warp_denoising_step": (lambda v: isinstance(v, bool), "true or false"),
-    "num_frame_per_block": (lambda v: _is_int(v) and v >= 1, "a positive integer (latent frames per chunk)"),
-    "context_noise": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "independent_first_frame": (lambda v: v is False, "false (text-to-video only)"),
-    "num_train_timesteps": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "model_kwargs.timestep_shift": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "model_kwargs.local_attn_size": (lambda v: _is_int(v) and (v == -1 or v >= 1),
-                                     "-1 (global attention) or a positive number of latent frames"),
-    "model_kwargs.sink_size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (sink frames)"),
-    "height": (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)"),
-    "width": (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)"),
-    "fps": (lambda v: _is_number(v) and v > 0, "a positive number (frames per second of the mp4)"),
-    "mode": (_mode, "null (chosen by --is_ds_only) or one of " + ", ".join(MODES)),
-    "reuse_cap": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (times a token may be re-selected; 0: no cap)"),
-    "realign_topc": (lambda v: isinstance(v, bool), "true or false (the paper's re-aligned top-C variant)"),
-}
-SECTIONS = {"model_kwargs"}
-
-# Keys of upstream's training configs that mean nothing at inference: accepted (so an upstream YAML still loads) and
-# ignored with a log line.
-UPSTREAM_TRAINING_KEYS = {
+# Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed, data_path,
+# generator_ckpt) that mean nothing here: dropped when a file is read, logged at debug level.
+TRAINING_KEYS = frozenset({
     "trainer", "distribution_loss", "real_name", "fake_name", "generator_ckpt", "generator_fsdp_wrap_strategy",
     "real_score_fsdp_wrap_strategy", "fake_score_fsdp_wrap_strategy", "text_encoder_fsdp_wrap_strategy",
     "mixed_precision", "sharding_strategy", "seed", "wandb_host", "wandb_key", "wandb_entity", "wandb_project",
@@ -76,14 +106,66 @@ UPSTREAM_TRAINING_KEYS = {
     "same_step_across_blocks", "last_step_only", "gradient_checkpointing", "gc_interval", "load_raw_video",
     "max_grad_norm_generator", "max_grad_norm_critic", "logdir", "no_save", "no_visualize", "disable_wandb",
     "denoising_loss_type", "weight_decay", "ts_schedule", "ts_schedule_max", "min_score_timestep",
-    "num_max_frames", "i2v", "causal", "config_name",
+    "num_max_frames", "causal", "config_name", "discriminator_lr_multiplier", "gradient_accumulation_steps",
+})
+
+# Feature keys not wired yet: key -> (the feature, what to do). A value other than the schema default is an error.
+# Each entry is removed by the change that wires its feature.
+UNSUPPORTED = {
+    "denoising_step_list_first_chunk": ("Causal Forcing++'s first-chunk step list", "use a 4-step model"),
+    "i2v": ("image-to-video (Causal Forcing)", "set i2v: false"),
+    "lora_ckpt": ("LongLive's LoRA weights", "remove lora_ckpt and adapter"),
+    "adapter": ("LongLive's LoRA adapter", "remove lora_ckpt and adapter"),
+    "global_sink": ("LongLive's re-cache with a global sink", "remove global_sink (our re-cache is "
+                    "--recache_on_switch)"),
+    "switch_frame_indices": ("LongLive's prompt switches at frame indices", "use --prompt_schedule instead"),
+    "model_kwargs.use_infinite_attention": ("LongLive's infinite attention", "remove use_infinite_attention"),
+    "inference_iter": ("a limit on the number of prompts (LongLive's inference_iter)", "pass a shorter prompt "
+                       "file"),
+    "model_name": ("a base model other than Wan2.1-T2V-1.3B", "use a Wan2.1-T2V-1.3B model"),
 }
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1} for the known sections; other values stay as they are."""
+@dataclass
+class Layer:
+    """One source of config values: a label for messages (file, flag, override) and its nested dict."""
+
+    label: str
+    values: dict
+
+
+@dataclass
+class LoadedConfig:
+    """The merged, checked config and where each key's value came from."""
+
+    cfg: RunConfig
+    origins: dict                        # dotted key -> label of the layer that set it (absent: the default)
+
+    def origin(self, key: str) -> str:
+        """Label of the layer that set ``key`` ('default' when none did)."""
+        return self.origins.get(key, DEFAULT_SOURCE)
+
+    def blame(self, *keys: str) -> str:
+        """'key=value (from X)' for each key, for messages."""
+        return ", ".join(f"{k}={get(self.cfg, k)!r} (from {self.origin(k)})" for k in keys)
+
+    def to_dict(self) -> dict:
+        """The merged config as plain data (for sidecars)."""
+        return dataclasses.asdict(self.cfg)
+
+
+def get(cfg: RunConfig, key: str) -> Any:
+    """The value of a dotted key."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    """{'model_kwargs': {'sink_size': 1}} -> {'model_kwargs.sink_size': 1} (only the schema's sections nest)."""
     out = {}
-    for k, v in d.items():
+    for k, v in values.items():
         key = f"{prefix}{k}"
         if key in SECTIONS and isinstance(v, dict):
             out.update(_flatten(v, key + "."))
@@ -92,40 +174,32 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _unknown_key_error(key: str, source: str) -> CLIError:
-    """The error for a key the schema does not know, with a close match when there is one."""
-    close = difflib.get_close_matches(key, list(SCHEMA), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return CLIError(f"{source}: unknown config key '{key}'.{hint} Known keys are {', '.join(SCHEMA)}. "
-                    f"Fix or remove the key (sink, window and shift live under model_kwargs).")
+def _omegaconf_error(exc: OmegaConfBaseException, label: str) -> CLIError:
+    """One paragraph for an OmegaConf merge error of the layer ``label``."""
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        leaf = key.rsplit(".", 1)[-1]
+        close = re.search(r"Did you mean: '([^']+)'", str(exc))
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        in_section = leaf in ModelKwargs.__dataclass_fields__ and not parent
+        guess = parent + close.group(1) if close else (f"model_kwargs.{leaf}" if in_section else None)
+        hint = f" Did you mean '{guess}'?" if guess else ""
+        return CLIError(f"{label}: unknown config key '{key}'.{hint} Fix or remove it; the keys are listed in "
+                        f"README 'Configs' (sink, window and shift live under model_kwargs).")
+    msg = " ".join(str(getattr(exc, "msg", exc)).split())
+    return CLIError(f"{label}: config key '{key}' has a value of the wrong type ({msg}); see README 'Configs'.")
 
 
-def check_config(cfg: dict, source: str) -> None:
-    """Check every key and value of a (partial) config dict against the schema; raise CLIError on the first error."""
-    if not isinstance(cfg, dict):
-        raise CLIError(f"{source}: a config must be a YAML mapping of keys to values, got {type(cfg).__name__}.")
-    for key, value in _flatten(cfg).items():
-        if key in SECTIONS:
-            raise CLIError(f"{source}: '{key}' must be a mapping (e.g. {key}: {{sink_size: 10}}), got {value!r}.")
-        if key not in SCHEMA:
-            if key in UPSTREAM_TRAINING_KEYS:
-                continue
-            raise _unknown_key_error(key, source)
-        ok, expected = SCHEMA[key]
-        if not ok(value):
-            raise CLIError(f"{source}: config key '{key}' has the value {value!r}; it must be {expected}.")
+def _check_layer(layer: Layer) -> None:
+    """Shape errors OmegaConf reports badly: a section given as a scalar."""
+    for key in SECTIONS:
+        if key in layer.values and not isinstance(layer.values[key], dict):
+            raise CLIError(f"{layer.label}: '{key}' must be a mapping (e.g. {key}: {{sink_size: 10}} in a YAML, or "
+                           f"{key}.sink_size=10 on the command line), got {layer.values[key]!r}.")
 
 
-def _strip_training_keys(cfg: dict, source: str) -> dict:
-    """Drop upstream training-only keys (logged), keep everything else."""
-    dropped = sorted(k for k in cfg if k in UPSTREAM_TRAINING_KEYS)
-    if dropped:
-        logger.info("%s: ignoring training-only keys %s", source, ", ".join(dropped))
-    return {k: v for k, v in cfg.items() if k not in UPSTREAM_TRAINING_KEYS}
-
-
-def read_yaml(path: Path) -> dict:
-    """Parse one YAML config file; errors name the file."""
+def read_yaml(path: Path) -> Layer:
+    """A config file as a layer, training-only keys dropped; errors name the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -138,78 +212,106 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        msg = " ".join(str(exc).split())
-        raise CLIError(f"Config file {path} is not valid YAML ({msg}). Fix the syntax or use a shipped config.") \
-            from None
-    return {} if data is None else data
+        raise CLIError(f"Config file {path} is not valid YAML ({' '.join(str(exc).split())}). Fix the syntax or "
+                       f"use a shipped config.") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise CLIError(f"Config file {path}: a config must be a YAML mapping of keys to values, got "
+                       f"{type(data).__name__}.")
+    dropped = sorted(k for k in data if k in TRAINING_KEYS)
+    if dropped:
+        logger.debug("%s: ignoring training-only keys %s", path, ", ".join(dropped))
+    return Layer(f"config file {path}", {k: v for k, v in data.items() if k not in TRAINING_KEYS})
 
 
-def merge(base: dict, update: dict) -> dict:
-    """Recursive merge of ``update`` into a copy of ``base`` (sections merge key by key)."""
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``'model_kwargs.sink_size=12'`` -> ('model_kwargs.sink_size', 12); the value is parsed as YAML."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
+def override_layer(item: str) -> Layer:
+    """A command-line ``key=value`` override as a layer (the value is parsed as YAML)."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key.strip():
         raise CLIError(f"Unexpected argument '{item}'. Extra arguments must be config overrides written "
                        f"key=value (e.g. model_kwargs.sink_size=12); flags start with '--'.")
+    label = f"override '{item}'"
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    if key not in SCHEMA:
-        if key in SECTIONS:
-            raise CLIError(f"Override '{item}': set the keys inside '{key}' one by one, e.g. {key}.sink_size=12.")
-        raise _unknown_key_error(key, f"Override '{item}'")
-    return key, value
+        values = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as exc:
+        raise CLIError(f"{label}: cannot be parsed ({' '.join(str(exc).split())}); write key=value.") from None
+    return Layer(label, values)
 
 
-def apply_overrides(cfg: dict, items: list[str]) -> dict:
-    """Return ``cfg`` with the ``key=value`` overrides applied (values checked against the schema)."""
-    out = copy.deepcopy(cfg)
-    for item in items:
-        key, value = parse_override(item)
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-        ok, expected = SCHEMA[key]
-        if not ok(value):
-            raise CLIError(f"Override '{item}': '{key}' must be {expected}, got {value!r}.")
+def merge_layers(layers: list[Layer]) -> LoadedConfig:
+    """Schema defaults <- each layer in order; type errors and unknown keys name their layer."""
+    cfg = OmegaConf.structured(RunConfig)
+    origins = {}
+    for layer in layers:
+        _check_layer(layer)
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(layer.values))
+        except OmegaConfBaseException as exc:
+            raise _omegaconf_error(exc, layer.label) from None
+        origins.update({k: layer.label for k in _flatten(layer.values)})
+    return LoadedConfig(OmegaConf.to_object(cfg), origins)
+
+
+def _float_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of every float field of the schema."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out += _float_keys(hint, f"{prefix}{name}.")
+        elif hint is float or hint == Optional[float]:
+            out.append(prefix + name)
     return out
 
 
-def load_config(config_path: str | Path | None, overrides: list[str] = (),
-                default_path: Path = DEFAULT_CONFIG) -> dict:
-    """Defaults <- ``config_path`` <- overrides; every layer checked. Returns the nested config dict."""
-    defaults = read_yaml(default_path)
-    check_config(defaults, str(default_path))
-    cfg = defaults
-    if config_path is not None:
-        path = Path(config_path)
-        data = read_yaml(path)
-        check_config(data, str(path))
-        cfg = merge(cfg, _strip_training_keys(data, str(path)))
-    cfg = apply_overrides(cfg, list(overrides))
-    missing = [k for k in SCHEMA if k not in _flatten(cfg)]
-    if missing:
-        raise CLIError(f"{default_path}: the default config lacks the keys {', '.join(missing)}; restore the "
-                       f"file from the repository.")
-    return cfg
+def check_values(loaded: LoadedConfig) -> None:
+    """Checks of the keys no other component owns (the policy and the rollout check theirs); CLIError naming the
+    source of the value."""
+    cfg = loaded.cfg
+    for key in _float_keys():
+        v = get(cfg, key)
+        if v is not None and not math.isfinite(v):
+            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a finite number; give a finite value.")
+    unsupported = [(k, *UNSUPPORTED[k]) for k in UNSUPPORTED if get(cfg, k) != get(RunConfig(), k)]
+    if unsupported:
+        what = "; ".join(f"{feature} ({k}={get(cfg, k)!r} from {loaded.origin(k)}: {fix})"
+                         for k, feature, fix in unsupported)
+        raise CLIError(f"This version does not support yet: {what}. Nothing was ignored silently: change these "
+                       f"keys or use a config of the Self Forcing / Deep Forcing family.")
+    lo, hi = FPS_RANGE
+    if not lo <= cfg.fps <= hi:
+        raise CLIError(f"{loaded.origin('fps')}: fps={cfg.fps:g} is outside the supported range {lo:g} to {hi:g} "
+                       f"frames per second; use e.g. fps=16 (the models' training rate).")
+    for key in ("height", "width"):
+        if get(cfg, key) < 1:
+            raise CLIError(f"{loaded.origin(key)}: {key}={get(cfg, key)} must be a positive number of pixels.")
+    if not 0 <= cfg.context_noise <= cfg.num_train_timesteps:
+        raise CLIError(f"{loaded.origin('context_noise')}: context_noise={cfg.context_noise:g} must be a timestep "
+                       f"between 0 and num_train_timesteps={cfg.num_train_timesteps} (0 as released).")
+    if cfg.num_samples < 1:
+        raise CLIError(f"{loaded.origin('num_samples')}: num_samples={cfg.num_samples} must be at least 1.")
+    if cfg.seconds is not None and cfg.seconds <= 0:
+        raise CLIError(f"{loaded.origin('seconds')}: seconds={cfg.seconds:g} must be a positive number of seconds, "
+                       f"e.g. --seconds 60.")
+    for alias, key in (("num_train_timestep", "num_train_timesteps"), ("timestep_shift", "model_kwargs.timestep_shift")):
+        if get(cfg, alias) is not None and get(cfg, alias) != get(cfg, key):
+            raise CLIError(f"Two different values for the same setting: {loaded.blame(alias, key)}. The rollout uses "
+                           f"{key}; make them equal or remove {alias}.")
 
 
-def rollout_dict(cfg: dict) -> dict:
-    """The flat dict ``RolloutConfig.from_dict`` takes (rollout keys + model_kwargs.timestep_shift)."""
-    flat = {k: v for k, v in cfg.items() if k not in SECTIONS}
-    flat["timestep_shift"] = cfg["model_kwargs"]["timestep_shift"]
-    return flat
+def load_config(config_path: str | Path | None = None, overrides: list[str] = (), flags: list[Layer] = (),
+                demo: Layer | None = None) -> LoadedConfig:
+    """Defaults <- ``config_path`` <- ``demo`` <- ``flags`` <- ``overrides``, merged and checked."""
+    layers = [read_yaml(Path(config_path))] if config_path is not None else []
+    layers += [demo] if demo is not None else []
+    layers += list(flags) + [override_layer(item) for item in overrides]
+    loaded = merge_layers(layers)
+    check_values(loaded)
+    return loaded
+
+
+def rollout_params(cfg: RunConfig) -> dict:
+    """The keys of ``RolloutConfig`` (the shift comes from model_kwargs, as upstream inference does)."""
+    return dict(denoising_step_list=list(cfg.denoising_step_list), warp_denoising_step=cfg.warp_denoising_step,
+                num_frame_per_block=cfg.num_frame_per_block, context_noise=cfg.context_noise,
+                timestep_shift=cfg.model_kwargs.timestep_shift, independent_first_frame=cfg.independent_first_frame,
+                num_train_timesteps=cfg.num_train_timesteps)

@@ -111,6 +111,10 @@ def find_prompt_files(data_path: str) -> tuple[list[Path], bool]:
             raise CLIError(f"The prompt pattern {data_path!r} matches no file; check the pattern (quote it so the "
                            f"shell does not expand it).")
         return files, True
+    if path.exists():
+        raise CLIError(f"The prompt path {data_path} is not a regular file or folder (a device, pipe or socket). "
+                       f"Pass --data_path with a prompt file (one prompt per line), a folder of line_XXXX.txt "
+                       f"files, or a quoted glob.")
     hint = f" {MOVIEGEN_HINT}." if path.as_posix().rstrip("/").endswith(MOVIEGEN_DIR) else ""
     raise CLIError(f"The prompt path {data_path} does not exist. Pass --data_path with a prompt file (one prompt "
                    f"per line), a folder of line_XXXX.txt files, or a quoted glob.{hint}")

@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.causal_inference import CausalInferencePipeline
-from pipeline.policies import build_policy
 from wan.loading import ensure_model_files, load_generator
 from wan.memory import should_offload_text_encoder
 from wan.text_encoder import WanTextEncoder
@@ -37,6 +36,7 @@ from .settings import RunSettings
 from media.streaming import SampleOutput
 from .switching import LivePrompts, PromptSwitcher
 from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, chunk_keyframes
+from utils.frames import video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,8 @@ class VideoRunner:
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device)
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
-        policy = build_policy(**settings.policy_kwargs)
-        pipeline = CausalInferencePipeline(model, settings.rollout, policy)
-        logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, policy.describe())
+        pipeline = CausalInferencePipeline(model, settings.rollout, settings.policy)
+        logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
         return cls(settings, text_encoder, model, vae, pipeline, progress=progress)
 
     def _sync(self) -> None:
@@ -160,7 +159,7 @@ class VideoRunner:
         """The JSON record stored next to a video."""
         s = self.settings
         rollout_s = timings.get("rollout", 0.0)
-        frames = s.vae_temporal * (latent_frames - 1) + 1
+        frames = video_frames(latent_frames, s.vae_temporal)
         schedule = None if s.schedule is None else {"file": str(s.schedule.path), "entries": s.schedule.to_list()}
         return {
             "video": slot.video.name,

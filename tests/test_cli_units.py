@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from app.cli_config import DEFAULT_CONFIG, REPO_ROOT, SCHEMA, CLIError, load_config, parse_override
+from app.cli_config import REPO_ROOT, TRAINING_KEYS, CLIError, RunConfig, load_config
 from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, part_path,
                            plan_outputs, remove_parts, sanitize, write_json_atomic)
 from app.prompts import PromptJob, load_prompt_jobs, read_lines, shard
@@ -40,20 +40,28 @@ def test_sink_configs_differ_only_in_sink_size():
 
 
 def test_load_config_merges_and_overrides():
-    """Defaults <- config file <- key=value overrides, dotted keys into model_kwargs."""
-    cfg = load_config(CONFIGS / "self_forcing_dmd_sink14.yaml", ["model_kwargs.sink_size=12", "height=96",
-                                                                  "denoising_step_list=[1000, 500]"])
-    assert cfg["model_kwargs"] == {"timestep_shift": 5.0, "local_attn_size": 21, "sink_size": 12}
-    assert cfg["height"] == 96 and cfg["width"] == 832 and cfg["denoising_step_list"] == [1000, 500]
-    assert cfg["fps"] == 16 and cfg["mode"] is None
-    assert set(yaml.safe_load(DEFAULT_CONFIG.read_text())) <= set(cfg)
+    """Defaults <- config file <- key=value overrides, dotted keys into model_kwargs; origins recorded."""
+    loaded = load_config(CONFIGS / "self_forcing_dmd_sink14.yaml", ["model_kwargs.sink_size=12", "height=96",
+                                                                     "denoising_step_list=[1000, 500]"])
+    cfg = loaded.cfg
+    assert (cfg.model_kwargs.timestep_shift, cfg.model_kwargs.local_attn_size, cfg.model_kwargs.sink_size) == \
+        (5.0, 21, 12)
+    assert cfg.height == 96 and cfg.width == 832 and cfg.denoising_step_list == [1000, 500]
+    assert cfg.fps == 16 and cfg.mode == "deep_sink_pc" and cfg.budget is None
+    assert loaded.origin("model_kwargs.sink_size") == "override 'model_kwargs.sink_size=12'"
+    assert loaded.origin("model_kwargs.local_attn_size").endswith("self_forcing_dmd_sink14.yaml")
+    assert loaded.origin("fps") == "default"
 
 
 @pytest.mark.parametrize("body, needle", [
-    ("sink_size: 3\n", "unknown config key 'sink_size'"),
+    ("sink_size: 3\n", "unknown config key 'sink_size'. Did you mean 'model_kwargs.sink_size'"),
     ("model_kwargs:\n  sinksize: 3\n", "Did you mean 'model_kwargs.sink_size'"),
-    ("model_kwargs:\n  sink_size: -1\n", "model_kwargs.sink_size"),
-    ("num_frame_per_block: three\n", "num_frame_per_block"),
+    ("num_frame_per_block: three\n", "'num_frame_per_block' has a value of the wrong type"),
+    ("fps: .inf\n", "fps=inf is not a finite number"),
+    ("context_noise: .nan\n", "context_noise=nan is not a finite number"),
+    ("model_kwargs:\n  timestep_shift: .inf\n", "model_kwargs.timestep_shift=inf"),
+    ("fps: 1000\n", "fps=1000 is outside the supported range"),
+    ("model_kwargs: 3\n", "'model_kwargs' must be a mapping"),
     ("height: [1\n", "not valid YAML"),
     ("- a\n- b\n", "YAML mapping"),
 ])
@@ -67,29 +75,28 @@ def test_bad_config_files(tmp_path, body, needle):
 
 
 def test_upstream_training_keys_are_ignored(tmp_path):
-    """Upstream training-only keys load and are dropped."""
+    """Upstream training-only keys load and are dropped (they are in one list)."""
     path = tmp_path / "upstream.yaml"
-    path.write_text("trainer: score_distillation\nlr: 2.0e-06\nmodel_kwargs:\n  timestep_shift: 5.0\n")
-    assert "trainer" not in load_config(path)
+    path.write_text("trainer: score_distillation\nlr: 2.0e-06\nseed: 0\nmodel_kwargs:\n  timestep_shift: 5.0\n")
+    assert {"trainer", "lr", "seed"} <= TRAINING_KEYS
+    assert not hasattr(load_config(path).cfg, "trainer")
 
 
 def test_overrides_parse_yaml_values_and_reject_unknown_keys():
-    """Override values are YAML; unknown keys and non key=value items fail."""
-    assert parse_override("model_kwargs.sink_size=12") == ("model_kwargs.sink_size", 12)
-    assert parse_override("warp_denoising_step=false") == ("warp_denoising_step", False)
-    assert parse_override("mode=null") == ("mode", None)
-    for bad in ("sink_size=3", "model_kwargs=1", "nonsense", "fps=fast"):
-        with pytest.raises(CLIError):
+    """Override values are YAML; unknown keys and non key=value items fail naming the override."""
+    assert load_config(None, ["model_kwargs.sink_size=12"]).cfg.model_kwargs.sink_size == 12
+    assert load_config(None, ["warp_denoising_step=false"]).cfg.warp_denoising_step is False
+    for bad, needle in (("sink_size=3", "override 'sink_size=3'"), ("model_kwargs=1", "must be a mapping"),
+                        ("nonsense", "Unexpected argument 'nonsense'"), ("fps=fast", "could not be converted to Float"),
+                        ("fps=.inf", "override 'fps=.inf': fps=inf is not a finite number")):
+        with pytest.raises(CLIError, match=re.escape(needle)):
             load_config(None, [bad])
 
 
-def test_every_schema_key_has_a_default():
-    """configs/default.yaml defines every key of the schema."""
-    flat = load_config(None)
-    for key in SCHEMA:
-        node = flat
-        for part in key.split("."):
-            node = node[part]
+def test_every_schema_key_has_one_default():
+    """The schema is the one home of the defaults: no default config file repeats them."""
+    assert not (REPO_ROOT / "configs" / "default.yaml").exists()
+    assert load_config(None).cfg == RunConfig()
 
 
 # ---------------------------------------------------------------- prompts

@@ -1,7 +1,6 @@
 """Streaming output, constant memory, prompt schedules and live prompts, through the CLI on the tiny model (CPU)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import struct
@@ -16,10 +15,9 @@ import torch
 
 import inference
 from pipeline.causal_inference import CausalInferencePipeline
-from pipeline.policies import build_policy
 from app.runner import VideoRunner
 from app.runtime import DistEnv
-from app.settings import check_flags, resolve_settings
+from app.settings import resolve_settings
 from app.switching import LivePrompts
 from media.video import Mp4Writer, to_uint8
 
@@ -36,11 +34,7 @@ def settings_for(tiny_model_files, out: Path, *flags: str):
     args = inference.build_parser().parse_intermixed_args(
         ["--wan_model_dir", str(model_dir), "--checkpoint_path", str(checkpoint), "--device", "cpu",
          "--output_folder", str(out), *SMALL, *flags])
-    dist = DistEnv()
-    check_flags(args, dist)
-    with contextlib.ExitStack() as stack:
-        inference.fill_defaults(args, stack)
-    return resolve_settings(args, dist)
+    return resolve_settings(args, DistEnv())
 
 
 def prompt_file(tmp_path: Path, *prompts: str) -> Path:
@@ -62,7 +56,7 @@ def models(tiny_model_files, tmp_path_factory):
 def runner_for(models, settings) -> VideoRunner:
     """A runner for ``settings`` around the already loaded models."""
     text_encoder, model, vae = models
-    pipe = CausalInferencePipeline(model, settings.rollout, build_policy(**settings.policy_kwargs))
+    pipe = CausalInferencePipeline(model, settings.rollout, settings.policy)
     return VideoRunner(settings, text_encoder, model, vae, pipe, progress=False)
 
 
