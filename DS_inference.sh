@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Deep Sink only (sink 14, --is_ds_only 1) over the MovieGenVideoBench prompts, in ONE process (models loaded once).
+# Weights: the EMA generator (generator_ema of checkpoints/self_forcing_dmd.pt, --use_ema), as the released script.
 # Outputs: output/DS/line_XXXX/<prompt>-0.mp4 (+ .json sidecar). Rerun to resume; finished videos are skipped.
 # Extra arguments are passed through to inference.py (later flags win), e.g.
-#   bash DS_inference.sh --num_output_frames 240 --use_ema
+#   bash DS_inference.sh --num_output_frames 240
 #   NPROC=8 bash DS_inference.sh          # one process per GPU with torchrun, prompts sharded across them
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,7 +14,7 @@ if [ ! -d "$DATA" ]; then
   DATA="$ROOT/prompts/examples_txt"
 fi
 ARGS=(--config_path "$ROOT/configs/self_forcing_dmd/self_forcing_dmd_sink14.yaml" --is_ds_only 1
-      --data_path "$DATA" --output_folder output/DS "$@")
+      --data_path "$DATA" --output_folder output/DS --use_ema "$@")
 if [ "${NPROC:-1}" -gt 1 ]; then
   exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$ROOT/inference.py" "${ARGS[@]}"
 fi

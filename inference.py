@@ -23,11 +23,11 @@ import signal
 import sys
 
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.cli_config import NOISE_ORDERS, CLIError, RunConfig
 from app.outputs import pending_slots, plan_outputs
+from app.progress import progress_bar
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
 from utils.frames import video_frames
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "the demo prompts on CPU in seconds (noise videos, real pipeline)")
     ours.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
     ours.add_argument("--no_download", action="store_true", help="never download model files (as HF_HUB_OFFLINE=1)")
+    ours.add_argument("--trust_checkpoint", action="store_true", help="load a checkpoint that holds pickled Python "
+                      "objects (weights_only=False: this runs code from the file); only for files you trust")
     ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     long = p.add_argument_group("long videos and prompt switches")
     long.add_argument("--seconds", type=float, default=None, help="video length in seconds instead of "
@@ -171,9 +173,10 @@ def run(settings, runner=None, stdin=None) -> int:
                     "video%s", " (end of input too)" if settings.endless else "")
     written = []
     try:
-        with logging_redirect_tqdm():
-            for job, slots in tqdm(todo, desc="prompts", unit="prompt", disable=not progress):
+        with logging_redirect_tqdm(), progress_bar(len(todo), "prompts", "prompt", progress, every=1) as bar:
+            for job, slots in todo:
                 result = runner.render(job, slots, live=live)
+                bar.update(1)
                 written.extend(result.written)
                 for path in result.written:
                     logger.info("wrote %s (%.1f s)", path, result.timings["total"])

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.causal_inference import CausalInferencePipeline
 from wan.loading import ensure_model_files, load_generator
@@ -30,6 +29,7 @@ from wan.vae import WanVAE
 
 from .cli_config import REPO_ROOT, CLIError
 from .outputs import OutputSlot, write_json_atomic
+from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
@@ -112,6 +112,7 @@ class VideoRunner:
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
         lora = settings.longlive.lora if settings.longlive is not None else None
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
+                               trust_checkpoint=settings.trust_checkpoint,
                                **({} if lora is None else dict(lora_path=lora.path, lora_alpha=lora.alpha,
                                                                lora_rank=lora.rank)))
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
@@ -219,8 +220,8 @@ class VideoRunner:
         latent_frames = 0
         outputs = self.outputs(slots)
         with contextlib.ExitStack() as stack:
-            bar = stack.enter_context(tqdm(total=s.num_video_frames, desc="frames", unit="frame", leave=False,
-                                           disable=not self.progress))
+            bar = stack.enter_context(progress_bar(s.num_video_frames, "frames", "frame", enabled=self.progress,
+                                                   rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
             chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher, recache=s.recache,

@@ -80,7 +80,7 @@ class RunSettings:
     schedule: PromptSchedule | None = None   # --prompt_schedule: the run's only job follows it
     interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
-    trust_checkpoint: bool = False  # --trust_checkpoint: allow checkpoints that need more than weights_only
+    trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
     longlive: LongLiveRun | None = None  # LongLive's LoRA / interactive prompts / re-cache variant (None: unused)
 
     @property
@@ -318,9 +318,10 @@ def _check_output_folder(folder: Path) -> None:
                        f"folder you can write to.")
 
 
-def _check_checkpoint_entry(checkpoint: Path, use_ema: bool) -> None:
+def _check_checkpoint_entry(checkpoint: Path, use_ema: bool, trust: bool = False) -> None:
     """Open the checkpoint memory-mapped (cheap) and check it holds the weights asked for (--use_ema or not)."""
-    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint"), checkpoint, use_ema)
+    state = generator_state_dict(load_torch_file(checkpoint, "Self Forcing checkpoint", trust=trust), checkpoint,
+                                 use_ema)
     del state
 
 
@@ -416,7 +417,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
         ensure_longlive_files(checkpoint_path, longlive.lora.path, download=download_allowed)
     model_dir, checkpoint, download = _model_files(wan_model_dir, checkpoint_path, download_allowed, longlive_ckpt)
     if not download:
-        _check_checkpoint_entry(checkpoint, cfg.use_ema)
+        _check_checkpoint_entry(checkpoint, cfg.use_ema, bool(getattr(args, "trust_checkpoint", False)))
     return RunSettings(config=loaded.to_dict(), config_path=args.config_path, mode=cfg.mode, policy=policy,
                        cache=policy.describe(), rollout=rollout, num_output_frames=num_frames, height=cfg.height,
                        width=cfg.width, fps=cfg.fps, seed=args.seed, num_samples=cfg.num_samples,

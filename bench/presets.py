@@ -8,13 +8,14 @@ import torch
 
 from wan.config import WanConfig
 
-# Shipped-config cache settings per mode (configs/self_forcing_dmd/*.yaml, DS_inference.sh, DS_PC_inference.sh).
+# Shipped-config cache settings per mode (configs/self_forcing_dmd/*.yaml, DS_inference.sh, DS_PC_inference.sh);
+# any other registered mode (bench.modes.available_modes) runs with its class defaults.
 MODE_SETTINGS = {
     "self_forcing": dict(local_attn_size=21, sink_size=0),
     "deep_sink": dict(local_attn_size=21, sink_size=14),
     "deep_sink_pc": dict(local_attn_size=21, sink_size=10, budget=16, recent=4, reuse_cap=7),
 }
-MODES = tuple(MODE_SETTINGS)
+MODES = tuple(MODE_SETTINGS)  # what a benchmark runs by default
 
 TINY_VAE_BASE_DIM = 4  # the Wan2.1 VAE layout with 4 instead of 96 base channels
 TINY_DIT = dict(dim=64, ffn_dim=128, freq_dim=32, text_dim=64, num_heads=4, num_layers=2, text_len=32)
@@ -70,7 +71,7 @@ class Preset:
     def latent_frames_for(self, seconds: float) -> int:
         """Latent frames for a video of ``seconds``: ``fps/4`` latent frames per second, rounded up to whole chunks.
 
-        This is the convention of SPEC section 3 (60 s -> 240 latent frames -> 957 frames): 30 s -> 120 (477 frames,
+        The project's convention (60 s -> 240 latent frames -> 957 frames): 30 s -> 120 (477 frames,
         29.8 s), 60 s -> 240 (957), 300 s -> 1200 (4797 frames, 299.8 s).
         """
         per_second = self.fps / self.temporal_factor

@@ -20,8 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .measure import RunSettings, noise_source, random_inputs
-from .modes import label_chunk, make_policy
-from .presets import MODES, build_random_model, get_preset
+from .modes import available_modes, label_chunk, make_policy
+from .presets import build_random_model, get_preset
 
 logger = logging.getLogger("bench.profile")
 
@@ -94,8 +94,8 @@ def instrumented(timer: CategoryTimer):
         (FlowMatchScheduler, "flow_to_x0", "scheduler"), (FlowMatchScheduler, "add_noise", "scheduler"),
         (StreamDecoder, "decode_chunk", "vae decode"),
     ]
-    for cls in {type(make_policy(m)[0]) for m in MODES}:
-        patches += [(cls, "observe_queries", "policy observe"), (cls, "on_new_chunk", "policy event")]
+    for cls in {type(make_policy(m)[0]) for m in available_modes()}:
+        patches += [(cls, "observe_queries", "policy observe"), (cls, "plan", "policy event")]
     saved = []
     for owner, attr, name in patches:
         original = owner.__dict__.get(attr)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     """CLI: profile one mode of a preset and print a markdown table (and write JSON with --out)."""
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=["real", "cpu"], default="cpu")
-    p.add_argument("--mode", choices=list(MODES), default="deep_sink_pc")
+    p.add_argument("--mode", choices=list(available_modes()), default="deep_sink_pc")
     p.add_argument("--latent-frames", type=int, default=36)
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--resolution", default=None, metavar="HxW")

@@ -21,7 +21,7 @@ import torch
 from .clock import Clock
 from .geometry import cache_storage_bytes, kv_bytes_per_frame, param_count
 from .measure import RunSettings, measure_rollout, summarise, warm_up
-from .modes import make_policy
+from .modes import available_modes, make_policy
 from .presets import DTYPES, MODE_SETTINGS, MODES, get_preset, build_random_model
 from .report import write_all
 
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=["real", "cpu"], default="cpu",
                    help="real: Wan2.1-T2V-1.3B, 480x832, bf16, CUDA, random weights; cpu: tiny dims, relative figures")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="cache modes to run")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(available_modes()),
+                   help="cache modes to run (any registered mode; others than the defaults use their class defaults)")
     p.add_argument("--lengths", nargs="+", type=float, default=[30, 60, 300],
                    help="video lengths in seconds (16 fps; 4 latent frames per second, whole chunks of 3)")
     p.add_argument("--latent-frames", nargs="+", type=int, default=None,
@@ -198,7 +199,7 @@ def run(args) -> Path:
                    "fps": preset.fps, "dtype": preset.dtype, "vae": preset.vae,
                    "vae_impl": vae.impl if vae else None, "rollout": vars(rollout), "calls_per_chunk": calls,
                    "compile": {"enabled": bool(compiled), "mode": args.compile_mode, "modules": compiled},
-                   "settings": vars(settings), "mode_settings": {m: MODE_SETTINGS[m] for m in args.modes},
+                   "settings": vars(settings), "mode_settings": {m: MODE_SETTINGS.get(m, {}) for m in args.modes},
                    "model_build_s": build_s},
         "geometry": geometry, "modes": modes_info, "runs": runs, "relative": _relative(runs), "reload": reload,
         "notes": _notes(preset, device, modes_info),
@@ -273,9 +274,6 @@ def _notes(preset, device, modes_info) -> list[str]:
         notes.append("CPU run: compare figures relative to each other only; GPU figures come from --preset real")
     if preset.name == "real" and preset.model.num_layers != 30:
         notes.append(f"reduced layer count ({preset.model.num_layers}): not the 1.3B model's figures")
-    for mode, info in modes_info.items():
-        if "fallback" in info["policy"]:
-            notes.append(f"{mode}: build_policy was unavailable; ran {info['policy']}")
     notes.append("random weights; text encoder not run (prompt embeddings are random tensors)")
     return notes
 

@@ -3,11 +3,12 @@
 Keys are stored with the spatial (height/width) RoPE applied and *without* the time rotation; every token carries its
 time index ``t_pos`` (what RoPE uses, which a policy may rewrite) and its source ``frame`` (never changes). The time
 rotation is applied when the cache is read, relative to ``base`` (the current chunk's first frame), so positions never
-grow without bound and moving a position is a write to ``t_pos``.
+grow without bound and moving a position is a write to ``t_pos``. On a chunk's first call the policy returns a ``Plan``
+and the cache applies it and emits the one trace record. The contract and the trace format: docs/cache.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -15,7 +16,7 @@ import torch
 
 @dataclass(frozen=True)
 class ChunkInfo:
-    """The chunk being generated: absolute first frame ``f``, ``num_frames`` (B) and tokens per frame (F)."""
+    """The chunk being generated: absolute first frame ``f``, ``num_frames`` and tokens per frame (F)."""
 
     start_frame: int
     num_frames: int
@@ -23,12 +24,23 @@ class ChunkInfo:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens in the chunk (B * F)."""
+        """Tokens in the chunk (num_frames * F)."""
         return self.num_frames * self.tokens_per_frame
 
 
+@dataclass
+class Plan:
+    """A policy's decision for one layer at a chunk start, applied by ``KVCache.apply`` (docs/cache.md)."""
+
+    event: str                               # trace event name: "evict" or "compress"
+    keep: torch.Tensor | None = None         # int64 [m] or [batch, m]: committed tokens kept, in that order
+    writes: list = field(default_factory=list)  # (field, first token, values [n] or [batch, n]) after the keep
+    sink_start: int | None = None            # new time index of sink frame 0, when the plan moves the sink
+    extras: dict = field(default_factory=dict)  # event-specific trace keys (filled only when tracing)
+
+
 class LayerKVCache:
-    """Storage of one layer: k, v [B, cap, H, D]; t_pos, frame [B, cap] (int64); ``n`` committed tokens (host int).
+    """Storage of one layer: k, v [batch, cap, H, D]; t_pos, frame [batch, cap] (int64); ``n`` committed tokens.
 
     The chunk being denoised is *staged* after the committed tokens (``staged`` tokens); every call of the chunk
     overwrites the staged slots and ``commit()`` (after the clean pass) makes them part of the context.
@@ -42,10 +54,10 @@ class LayerKVCache:
         self.frame = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.n = 0
         self.staged = 0
-        self.aux: dict[str, torch.Tensor] = {}  # per-token fields [B, cap] owned by policies (see aux_field)
+        self.aux: dict[str, torch.Tensor] = {}  # per-token fields [batch, cap] of policies (see aux_field)
 
     def aux_field(self, name: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        """Per-token field ``name`` [B, cap] (zero when staged, gathered by ``keep()``), created on first use."""
+        """Per-token field ``name`` [batch, cap] (zero when staged, gathered by ``keep()``), created on first use."""
         # e.g. Participative Compression's pick counts: they follow their tokens when the cache is compacted.
         field = self.aux.get(name)
         if field is None:
@@ -59,7 +71,7 @@ class LayerKVCache:
         self.staged = 0
 
     def stage(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
-        """Write the chunk's k/v [B, m, H, D] and positions [m] after the committed tokens."""
+        """Write the chunk's k/v [batch, m, H, D] and positions [m] after the committed tokens."""
         m = k.shape[1]
         end = self.n + m
         if end > self.capacity:
@@ -79,12 +91,12 @@ class LayerKVCache:
         self.staged = 0
 
     def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(k, v, t_pos) of committed + staged tokens: [B, n+staged, H, D] x2, [B, n+staged]."""
+        """(k, v, t_pos) of committed + staged tokens: [batch, n+staged, H, D] x2, [batch, n+staged]."""
         end = self.n + self.staged
         return self.k[:, :end], self.v[:, :end], self.t_pos[:, :end]
 
     def keep(self, idx: torch.Tensor) -> None:
-        """Keep committed tokens ``idx`` ([m] shared or [B, m] per sample), in that order, compacted to the front."""
+        """Keep committed tokens ``idx`` ([m] shared or [batch, m] per sample), in that order, at the front."""
         if self.staged:
             raise RuntimeError("keep() must run before the chunk is staged")
         m = idx.shape[-1]
@@ -104,14 +116,14 @@ class LayerKVCache:
 class KVCache:
     """All layers' caches plus the policy that manages them; the object the model's self-attention calls.
 
-    ``rotate_time(x [B, n, H, D], rel_pos [n] or [B, n])`` is the model's time rotation, applied on read.
+    ``rotate_time(x [batch, n, H, D], rel_pos [n] or [batch, n])`` is the model's time rotation, applied on read.
     """
 
     def __init__(self, num_layers: int, batch: int, capacity: int, heads: int, head_dim: int, dtype, device,
                  policy, tokens_per_frame: int, rotate_time: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  rebase: bool = True, rotated_key_buffer: bool = True):
         self.layers = [LayerKVCache(batch, capacity, heads, head_dim, dtype, device) for _ in range(num_layers)]
-        # Time-rotated keys, per layer [B, cap, H, D]: the committed part is rotated once per chunk (after the
+        # Time-rotated keys, per layer [batch, cap, H, D]: the committed part is rotated once per chunk (after the
         # policy's events) and each call adds only its own chunk, instead of re-rotating the whole cache on each
         # of the chunk's calls. Costs one more key buffer; without it every call rotates the cache on read.
         self.rotated = [torch.empty_like(layer.k) for layer in self.layers] if rotated_key_buffer else None
@@ -138,7 +150,7 @@ class KVCache:
         self._first_call = [True] * len(self.layers)
 
     def rotated_keys(self, layer: int, end: int | None = None) -> torch.Tensor:
-        """Keys of ``layer`` (first ``end`` tokens, default all) with the time rotation applied -> [B, n, H, D]."""
+        """Keys of ``layer`` (first ``end`` tokens, default all) with the time rotation applied -> [batch, n, H, D]."""
         cache = self.layers[layer]
         k, _, pos = cache.view()
         end = k.shape[1] if end is None else end
@@ -148,15 +160,15 @@ class KVCache:
                rotation) -> tuple[torch.Tensor, torch.Tensor]:
         """Model entry point: observe q, run cache events on a chunk's first call, stage k/v, return context.
 
-        q/k/v [B, m, H, D] (q and k spatially rotated), pos [m] absolute time index of the chunk's tokens,
+        q/k/v [batch, m, H, D] (q and k spatially rotated), pos [m] absolute time index of the chunk's tokens,
         ``rotation`` their time rotation relative to ``base`` (the model builds it once per call for all layers).
-        Returns (time-rotated keys, values) [B, n+m, H, D].
+        Returns (time-rotated keys, values) [batch, n+m, H, D].
         """
         cache = self.layers[layer]
         self.policy.observe_queries(self, layer, q, pos)
         if self._first_call[layer]:
             self._first_call[layer] = False
-            self.policy.on_new_chunk(self, layer)
+            self.chunk_events(layer)
             if self.rotated is not None:
                 self.rotated[layer][:, :cache.n] = self.rotated_keys(layer, cache.n)
         n = cache.n
@@ -168,7 +180,41 @@ class KVCache:
         buf[:, n:n + k.shape[1]] = rotation.apply(k)
         return buf[:, :n + k.shape[1]], values
 
+    def chunk_events(self, layer: int) -> None:
+        """Ask the policy for ``layer``'s plan at this chunk start and apply it (nothing when it returns None)."""
+        plan = self.policy.plan(self, layer)
+        if plan is not None:
+            self.apply(layer, plan)
+
+    def apply(self, layer: int, plan: Plan) -> None:
+        """Gather every per-token field with ``plan.keep``, write its fields, send the one trace record."""
+        cache, trace = self.layers[layer], self.policy.trace
+        before = cache.n
+        old = int(cache.t_pos[0, 0]) if trace is not None and before else 0  # host read only when tracing
+        if plan.keep is not None:
+            cache.keep(plan.keep)
+        for name, start, values in plan.writes:
+            target = cache.t_pos if name == "t_pos" else cache.aux_field(name)
+            target[:, start:start + values.shape[-1]] = values
+        if trace is None:
+            return
+        n, batch = cache.n, cache.k.shape[0]
+        kept = _host(plan.keep if plan.keep is not None else torch.arange(n))
+        rec = {"event": plan.event, "layer": layer, "chunk_start": self.chunk.start_frame,
+               "chunk_frames": self.chunk.num_frames, "tokens_per_frame": self.tokens_per_frame,
+               "tokens_before": before, "num_tokens": n, "kept": kept.expand(batch, -1) if kept.dim() == 1 else kept,
+               "frames": _host(cache.frame[:, :n]), "t_pos": _host(cache.t_pos[:, :n])}
+        if plan.sink_start is not None:
+            rec.update(sink_start=plan.sink_start, shift=plan.sink_start - old)
+        rec.update({k: _host(v) if isinstance(v, torch.Tensor) else v for k, v in plan.extras.items()})
+        trace(rec)
+
     def commit(self) -> None:
         """After the clean pass: the staged chunk becomes context in every layer."""
         for layer in self.layers:
             layer.commit()
+
+
+def _host(x: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``x`` that later cache writes cannot change (trace records)."""
+    return x.detach().to("cpu", copy=True)

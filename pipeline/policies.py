@@ -1,44 +1,22 @@
-"""KV-cache policies: what the cache keeps and which time positions its tokens use (SPEC section 4).
+"""KV-cache policies: what the cache keeps and which time positions its tokens use (docs/cache.md).
 
-A policy is a dataclass whose fields are its configuration (validated in ``__post_init__`` and ``validate``). It
-acts only on the first call of a new chunk (``on_new_chunk``), before the chunk is staged, and may observe every
-call's queries (``observe_queries``). It never knows which model runs.
+A policy is a dataclass whose fields are its configuration (validated in ``__post_init__`` and ``validate``). On the
+first call of a new chunk, before the chunk is staged, ``plan(kv, layer)`` reads the layer's cache and returns a
+``Plan`` (tokens to keep, fields to write) or None; the cache applies it and emits the trace record. A policy may
+observe every call's queries (``observe_queries``). It never writes the cache and never knows which model runs.
 
-Policies: ``SelfForcingWindow`` (4.1), ``DeepSink`` (4.2), ``ParticipativeCompression`` (4.3, Deep Sink + PC).
-Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from
-the mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags.
-
-Trace format. When ``policy.trace`` is a callable, every cache event of every layer calls it with one dict
-(nothing is computed for it when ``trace`` is None). Tensors are on the CPU; ``batch`` is the cache's batch size:
-  event            "evict" (FIFO eviction), "realign" (sink time positions moved) or "compress" (PC rebuild)
-  layer            layer index
-  chunk_start      f, first latent frame of the chunk that triggered the event
-  chunk_frames     B;  tokens_per_frame: F
-  tokens_before    committed tokens before the event
-  num_tokens       committed tokens after the event (the new chunk is not staged yet)
-  kept             int64 [batch, num_tokens]: index into the pre-event cache of every token kept, in cache order
-                   (the identity for "realign")
-  frames           int64 [batch, num_tokens]: source latent frame of every kept token
-  t_pos            int64 [batch, num_tokens]: time index of every kept token after the event
-Event-specific keys:
-  evict            evicted_frames (int)
-  realign          sink_start (int, new time index of sink frame 0), shift (int, change of sink_start)
-  compress         candidates (start, end): token range of the candidates in the pre-event cache;
-                   scores float32 [batch, end - start]: candidate scores; selected int64 [batch, c]: kept candidates
-                   (indices into the pre-event cache, ascending); picks int64 [batch, c]: their pick counts after
-                   this compression; eligible int64 [batch]: candidates under the reuse cap; sink_start, shift.
+Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from the
+mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags. The semantics of every mode, the trace format
+and worked examples are in docs/cache.md.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
 
-from .kv_cache import KVCache
-
-logger = logging.getLogger(__name__)
+from .kv_cache import KVCache, Plan
 
 TraceHook = Callable[[dict], None]
 
@@ -92,14 +70,16 @@ class CachePolicy:
         return self.global_cap_frames if self.local_attn_size == -1 else self.local_attn_size
 
     def validate(self, chunk_frames: int) -> None:
-        """Check the configuration against the chunk size B; raise CachePolicyError naming the values."""
+        """Check the configuration against the chunk size; raise CachePolicyError naming the values."""
         self._check()
-        L, S, B = self.window_frames, self.sink_size, chunk_frames
-        if B < 1:
-            raise CachePolicyError(f"num_frame_per_block={B} must be >= 1")
-        if S + B > L:
-            raise CachePolicyError(f"sink_size={S} + chunk of {B} frames exceeds the window local_attn_size={L}: "
-                                   f"no frame could ever be evicted; use sink_size <= {L - B}")
+        L, S = self.window_frames, self.sink_size
+        if chunk_frames < 1:
+            raise CachePolicyError(f"num_frame_per_block={chunk_frames} must be >= 1")
+        if S + chunk_frames > L:
+            fix = (f"use sink_size <= {L - chunk_frames}" if L >= chunk_frames else
+                   f"use local_attn_size >= {S + chunk_frames} (or -1 for global attention)")
+            raise CachePolicyError(f"sink_size={S} + chunk of {chunk_frames} frames exceeds the window "
+                                   f"local_attn_size={L}: no frame could ever be evicted; {fix}")
 
     def capacity_frames(self, chunk_frames: int) -> int:
         """Storage to preallocate, in frames: the committed window plus one staged chunk."""
@@ -109,120 +89,116 @@ class CachePolicy:
         """Forget all per-video state."""
 
     def observe_queries(self, kv: KVCache, layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
-        """Called with every DiT call's queries q [B, m, H, D] (spatially rotated) and positions [m]."""
+        """Called with every DiT call's queries q [batch, m, H, D] (spatially rotated) and positions [m]."""
 
-    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
-        """Cache events on the first call of a new chunk (evict / compress / move positions)."""
+    def plan(self, kv: KVCache, layer: int) -> Plan | None:
+        """The cache event of ``layer`` at this chunk start (None: the chunk is only appended)."""
+        return None
 
     def describe(self) -> dict:
-        """The policy's parameters, for sidecars and logs."""
-        return {"mode": self.name, "local_attn_size": self.local_attn_size, "sink_size": self.sink_size,
-                "window_frames": self.window_frames, "global_cap_frames": self.global_cap_frames}
-
-    def _emit(self, kv: KVCache, layer: int, event: str, kept: torch.Tensor | None = None,
-              tokens_before: int | None = None, **extra) -> None:
-        """Send a trace record (module docstring) of the layer's committed tokens to the trace hook, if any."""
-        if self.trace is None:
-            return
-        cache = kv.layers[layer]
-        n, batch = cache.n, cache.k.shape[0]
-        if kept is None:
-            kept = torch.arange(n)
-        kept = _host(kept)
-        if kept.dim() == 1:
-            kept = kept.unsqueeze(0).expand(batch, -1)
-        rec = {"event": event, "layer": layer, "chunk_start": kv.chunk.start_frame,
-               "chunk_frames": kv.chunk.num_frames, "tokens_per_frame": kv.chunk.tokens_per_frame,
-               "tokens_before": n if tokens_before is None else tokens_before, "num_tokens": n,
-               "kept": kept, "frames": _host(cache.frame[:, :n]), "t_pos": _host(cache.t_pos[:, :n])}
-        rec.update(extra)
-        self.trace(rec)
-
-
-def _host(x: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of ``x`` that later cache writes cannot change (trace records)."""
-    return x.detach().to("cpu", copy=True)
+        """The mode, its parameters (unset ones left out) and the window, for sidecars and logs."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "trace"
+               and getattr(self, f.name) is not None}
+        return {"mode": self.name, **own, "window_frames": self.window_frames}
 
 
 def fifo_keep_index(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> torch.Tensor | None:
-    """Indices [m] of the committed tokens FIFO eviction keeps so that context + new chunk fits ``window_frames``.
-
-    The first ``sink_frames`` frames are always kept; None when nothing has to go.
-    """
-    cache, chunk = kv.layers[layer], kv.chunk
+    """Committed tokens [m] FIFO keeps (the first ``sink_frames`` frames always) so context + chunk fit the window."""
+    cache, chunk, device = kv.layers[layer], kv.chunk, kv.layers[layer].k.device
     F = chunk.tokens_per_frame
     evict = cache.n // F + chunk.num_frames - window_frames
     if evict <= 0:
-        return None
+        return None  # nothing has to go
     sink = min(sink_frames * F, cache.n)
-    device = cache.k.device
     return torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
+
+
+def place_sink(plan: Plan, kv: KVCache, sink_frames: int, gap: int) -> Plan:
+    """Add the sink's positions to ``plan``: sink frame j at ``f - c - gap + j``, c = frames kept (docs/cache.md)."""
+    F, kept = kv.tokens_per_frame, plan.keep.shape[-1]
+    sink = min(sink_frames * F, kept)
+    if sink:  # ``gap`` unused positions between the sink and the oldest kept frame
+        plan.sink_start = kv.chunk.start_frame - -(-kept // F) - gap
+        frames = torch.arange(plan.sink_start, plan.sink_start + sink_frames, device=plan.keep.device)
+        plan.writes.append(("t_pos", 0, frames.repeat_interleave(F)[:sink]))
+    return plan
 
 
 @dataclass
 class SelfForcingWindow(CachePolicy):
-    """Self Forcing's cache (SPEC 4.1): FIFO eviction of non-sink frames, positions never move."""
+    """Self Forcing's cache: FIFO eviction of non-sink frames, positions never move."""
 
     name = "self_forcing"
 
-    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
+    def plan(self, kv: KVCache, layer: int) -> Plan | None:
         """Evict the oldest non-sink frames when the new chunk would overflow the window."""
-        self._evict(kv, layer)
-
-    def _evict(self, kv: KVCache, layer: int) -> bool:
-        """FIFO eviction after the sink (traced as "evict"); False when the chunk fits and nothing happened."""
-        cache = kv.layers[layer]
-        idx = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
-        if idx is None:
-            return False
-        before = cache.n
-        cache.keep(idx)
-        self._emit(kv, layer, "evict", kept=idx, tokens_before=before,
-                   evicted_frames=(before - cache.n) // kv.chunk.tokens_per_frame)
-        return True
+        keep = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
+        if keep is None:
+            return None
+        evicted = (kv.layers[layer].n - keep.shape[0]) // kv.tokens_per_frame
+        return Plan("evict", keep, extras={"evicted_frames": evicted})
 
 
 @dataclass
 class DeepSink(SelfForcingWindow):
-    """Deep Sink (SPEC 4.2): FIFO eviction after a large sink, and the sink's time positions follow the window.
+    """Deep Sink: FIFO eviction after a large sink whose time positions follow the window at every eviction.
 
-    At every eviction (context + new chunk > L) sink frame j gets time index ``f - L + j``, so the sink occupies
-    ``[f - L, f - L + S)`` and B unused indices lie between it and the oldest tail frame (kept as released).
+    ``sink_gap`` unused indices lie between the sink and the oldest tail frame: None = the chunk size (as released,
+    the sink at ``[f - L, f - L + S)``), 0 = the Infinite-Forcing / LongLive infinite placement.
     """
+
+    sink_gap: int | None = None
 
     name = "deep_sink"
 
     def _check(self) -> None:
-        """Base checks plus S < L."""
+        """Base checks plus S < L and a non-negative gap."""
         super()._check()
         if self.sink_size >= self.window_frames:
             raise CachePolicyError(f"sink_size={self.sink_size} must be smaller than the window "
-                                   f"local_attn_size={self.window_frames}; lower sink_size in the YAML model_kwargs")
+                                   f"local_attn_size={self.window_frames}; use sink_size <= {self.window_frames - 1} "
+                                   f"(model_kwargs.sink_size) or a larger window")
+        if self.sink_gap is not None and self.sink_gap < 0:
+            raise CachePolicyError(f"sink_gap={self.sink_gap} is invalid: use 0 (sink right before the oldest "
+                                   f"frame), a positive number of frames, or leave it unset (the chunk size)")
 
-    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
-        """FIFO-evict when the chunk would overflow, then move the sink to ``[f - L, f - L + S)``."""
-        if self._evict(kv, layer):
-            self._place_sink(kv, layer, kv.chunk.start_frame - self.window_frames)
+    def gap(self, chunk_frames: int) -> int:
+        """Unused time indices between the sink and the oldest kept frame (``sink_gap``, None = the chunk size)."""
+        return chunk_frames if self.sink_gap is None else self.sink_gap
 
-    def _place_sink(self, kv: KVCache, layer: int, start: int) -> None:
-        """Give sink frame j the time index ``start + j`` (all its tokens) and trace a "realign" event."""
-        cache, F = kv.layers[layer], kv.chunk.tokens_per_frame
-        sink = min(self.sink_size * F, cache.n)
-        if sink == 0:
-            return
-        old = int(cache.t_pos[0, 0]) if self.trace is not None else 0  # host read only when tracing
-        frames = torch.arange(start, start + self.sink_size, device=cache.t_pos.device)
-        cache.t_pos[:, :sink] = frames.repeat_interleave(F)[:sink]
-        self._emit(kv, layer, "realign", sink_start=start, shift=start - old)
+    def plan(self, kv: KVCache, layer: int) -> Plan | None:
+        """FIFO-evict when the chunk would overflow, then place the sink ``gap`` indices before the tail."""
+        plan = super().plan(kv, layer)
+        return None if plan is None else place_sink(plan, kv, self.sink_size, self.gap(kv.chunk.num_frames))
+
+
+@dataclass
+class InfiniteForcing(DeepSink):
+    """Infinite-Forcing's V-sink: the SF window with the sink right before the oldest tail frame (gap 0), S <= B.
+
+    Defaults: the released checkpoint (W 6, S 1); LongLive's infinite mode is this rule with W 12, S 3.
+    """
+
+    local_attn_size: int = 6
+    sink_size: int = 1
+    sink_gap: int | None = 0
+
+    name = "infinite_forcing"
+
+    def validate(self, chunk_frames: int) -> None:
+        """Base checks plus S <= B (the sink is the first chunk's first S frames)."""
+        super().validate(chunk_frames)
+        if self.sink_size > chunk_frames:
+            raise CachePolicyError(f"sink_size={self.sink_size} is larger than the chunk of num_frame_per_block="
+                                   f"{chunk_frames} frames; the V-sink is taken from the first chunk: use sink_size "
+                                   f"<= {chunk_frames}")
 
 
 def select_top(scores: torch.Tensor, picks: torch.Tensor, keep: int, reuse_cap: int) -> torch.Tensor:
     """Indices [batch, min(keep, n)] (ascending) of the ``keep`` best candidates of scores [batch, n].
 
-    Order of preference: candidates picked fewer than ``reuse_cap`` times (picks [batch, n]; cap 0 = no cap) first,
-    then higher score, then the earlier token (ties). So when fewer than ``keep`` candidates are under the cap, the
-    rest is filled with the best-scoring capped ones and the cache keeps its budget; when there are fewer than
-    ``keep`` candidates at all, every candidate is kept.
+    Preference: picked fewer than ``reuse_cap`` times (picks [batch, n]; cap 0 = no cap), then higher score, then the
+    earlier token; capped candidates fill the budget when too few are under the cap (docs/cache.md).
     """
     k = min(keep, scores.shape[1])
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [batch, n]
@@ -234,23 +210,14 @@ def select_top(scores: torch.Tensor, picks: torch.Tensor, keep: int, reuse_cap: 
 
 @dataclass
 class ParticipativeCompression(DeepSink):
-    """Deep Sink + Participative Compression (SPEC 4.3), the default Deep Forcing mode.
+    """Deep Sink + Participative Compression, the default Deep Forcing mode (docs/cache.md).
 
-    Per layer, the queries of the last ``recent`` frames of every DiT call are remembered (as per-frame sums with
-    their time index: the score is linear in the queries and all tokens of a frame share its time rotation).
-    On the first call of a chunk whose arrival would overflow the window (committed + B > L frames), the pool
-    (committed tokens + the new chunk) is split into sink (first S frames), recent (last R frames: the last R - B
-    committed frames and the chunk) and candidates (the rest). Candidate j scores ``sum over recent queries and
-    heads of q . k_j`` with both time-rotated (relative positions; no softmax). The ``C = (budget - S - R) * F``
-    best are kept (``select_top``: reuse cap, ties to the earlier token), one index set per layer and sample shared
-    by all heads, in original order; their pick counts grow by one. The cache becomes [sink | top-C | committed
-    recent] (budget - B frames; budget with the chunk) and the sink moves to ``[f - budget, f - budget + S)``.
-
-    Top-C tokens keep their time index (released behaviour). With ``realign_topc=True`` (the paper's variant) the
-    kept tokens form one contiguous run ending at the chunk's last frame ``f + B - 1``: with c kept candidates and
-    g = ceil(c / F) slots, the committed recent frames keep their true indices ``[f - R + B, f)``, kept candidate i
-    (original order) gets ``f - R + B - g + i // F``, and sink frame j gets ``f - R + B - g - S + j`` (for c = C the
-    sink starts at ``f + B - budget``: no gap).
+    When the new chunk would overflow the window, the cache becomes [sink | top-C candidates | committed recent]
+    (budget - B frames): ``score`` rates the candidates against the remembered queries of the last ``recent``
+    frames, ``select_top`` keeps the C = (budget - S - recent) * F best under the reuse cap, and the sink moves
+    ``gap`` indices before the oldest kept frame (gap B as released: ``[f - budget, f - budget + S)``). With
+    ``realign_topc`` (the paper's variant) the kept candidates are renumbered into a run ending right before the
+    committed recent frames and the default gap is 0.
     """
 
     budget: int = 16
@@ -273,9 +240,11 @@ class ParticipativeCompression(DeepSink):
         if self.reuse_cap < 0:
             raise CachePolicyError(f"reuse_cap={self.reuse_cap} must be >= 0 (7 as released; 0 turns the cap off)")
         if not S + R <= N <= L:
+            fix = (f"choose --Budget between {S + R} and {L}" if S + R <= L else
+                   f"sink_size + --Recent = {S + R} exceeds the window, so no budget fits: use --Recent <= {L - S} "
+                   f"or sink_size <= {L - R}")
             raise CachePolicyError(f"Deep Sink + PC needs sink_size + --Recent <= --Budget <= local_attn_size, got "
-                                   f"sink_size={S}, --Recent={R}, --Budget={N}, local_attn_size={L}; choose --Budget "
-                                   f"between {S + R} and {L} (or lower sink_size / --Recent)")
+                                   f"sink_size={S}, --Recent={R}, --Budget={N}, local_attn_size={L}; {fix}")
 
     def validate(self, chunk_frames: int) -> None:
         """Base checks plus R >= B (the new chunk must lie inside the recent frames)."""
@@ -289,10 +258,9 @@ class ParticipativeCompression(DeepSink):
         """C: candidate tokens kept per compression, ``(budget - sink_size - recent) * F``."""
         return (self.budget - self.sink_size - self.recent) * tokens_per_frame
 
-    def describe(self) -> dict:
-        """All parameters, for sidecars and logs."""
-        return {**super().describe(), "budget": self.budget, "recent": self.recent, "reuse_cap": self.reuse_cap,
-                "realign_topc": self.realign_topc}
+    def gap(self, chunk_frames: int) -> int:
+        """``sink_gap``; unset: the chunk size as released, 0 with ``realign_topc``."""
+        return (0 if self.realign_topc else chunk_frames) if self.sink_gap is None else self.sink_gap
 
     def reset(self, num_layers: int) -> None:
         """Forget the recent queries (pick counts live in the cache, which resets itself)."""
@@ -300,16 +268,12 @@ class ParticipativeCompression(DeepSink):
         self._q_pos = [None] * num_layers
 
     def observe_queries(self, kv: KVCache, layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
-        """Append this call's queries q [B, m, H, D] (positions [m]) to the layer's window of the last R frames."""
+        """Append this call's queries q [batch, m, H, D] (positions [m]) to the layer's last ``recent`` frames."""
         F = kv.tokens_per_frame
-        batch, m = q.shape[:2]
+        m = q.shape[1]
         if m % F:
             raise RuntimeError(f"{m} query tokens is not a whole number of frames of {F} tokens")
-        if layer >= len(self._q_sum):
-            grow = layer + 1 - len(self._q_sum)
-            self._q_sum += [None] * grow
-            self._q_pos += [None] * grow
-        q_sum = q.unflatten(1, (m // F, F)).sum(dim=2, dtype=torch.float32)  # [B, m/F, H, D]
+        q_sum = q.unflatten(1, (m // F, F)).sum(dim=2, dtype=torch.float32)  # [batch, m/F, H, D]
         q_pos = pos[::F]  # [m/F], one time index per frame
         if self._q_sum[layer] is not None:
             q_sum = torch.cat([self._q_sum[layer], q_sum], dim=1)
@@ -318,59 +282,41 @@ class ParticipativeCompression(DeepSink):
         self._q_pos[layer] = q_pos[-self.recent:]
 
     def score(self, kv: KVCache, layer: int, start: int, end: int) -> torch.Tensor:
-        """Scores [B, end - start] (float32) of committed tokens ``[start, end)``: sum over recent q, heads of q.k."""
+        """Scores [batch, end - start] (float32) of tokens ``[start, end)``: sum over recent q and heads of q.k."""
         cache = kv.layers[layer]
-        batch = cache.k.shape[0]
-        q_sum = self._q_sum[layer] if layer < len(self._q_sum) else None
+        q_sum = self._q_sum[layer]
         if q_sum is None or end <= start:
-            return torch.zeros(batch, max(end - start, 0), device=cache.k.device)
-        q = kv.rotate_time(q_sum, self._q_pos[layer] - kv.base).sum(dim=1)  # [B, H, D], reduced first
-        keys = kv.rotate_time(cache.k[:, start:end], cache.t_pos[:, start:end] - kv.base)  # [B, n, H, D]
+            return torch.zeros(cache.k.shape[0], max(end - start, 0), device=cache.k.device)
+        q = kv.rotate_time(q_sum, self._q_pos[layer] - kv.base).sum(dim=1)  # [batch, H, D], reduced first
+        keys = kv.rotate_time(cache.k[:, start:end], cache.t_pos[:, start:end] - kv.base)  # [batch, n, H, D]
         return torch.einsum("bnhd,bhd->bn", keys.float(), q)
 
-    def on_new_chunk(self, kv: KVCache, layer: int) -> None:
-        """Compress when the new chunk would overflow the window; otherwise nothing happens."""
-        cache, chunk = kv.layers[layer], kv.chunk
-        if cache.n + chunk.num_tokens > self.window_frames * chunk.tokens_per_frame:
-            self.compress(kv, layer)
-
-    def compress(self, kv: KVCache, layer: int) -> None:
-        """Rebuild the layer's cache as [sink | top-C candidates | committed recent] and move the sink."""
+    def plan(self, kv: KVCache, layer: int) -> Plan | None:
+        """Compress to [sink | top-C | committed recent] when the new chunk would overflow the window."""
         cache, chunk = kv.layers[layer], kv.chunk
         F, B, f, n = chunk.tokens_per_frame, chunk.num_frames, chunk.start_frame, cache.n
+        if n + chunk.num_tokens <= self.window_frames * F:
+            return None
         batch, device = cache.k.shape[0], cache.k.device
         sink = min(self.sink_size * F, n)
         cand_end = max(n - (self.recent - B) * F, sink)
         scores = self.score(kv, layer, sink, cand_end)  # [batch, nc]
-        picks = cache.aux_field(self.PICKS)
-        cand_picks = picks[:, sink:cand_end]
-        selected = select_top(scores, cand_picks, self.candidate_tokens(F), self.reuse_cap) + sink  # [batch, c]
-        c = selected.shape[1]
-        eligible = None
-        if self.trace is not None:  # candidates under the cap, before this compression's increments
-            eligible = (cand_picks < self.reuse_cap).sum(1) if self.reuse_cap > 0 else \
-                torch.full((batch,), cand_end - sink)
-        picks.scatter_add_(1, selected, torch.ones_like(selected))
-        idx = torch.cat([torch.arange(sink, device=device).expand(batch, -1), selected,
-                         torch.arange(cand_end, n, device=device).expand(batch, -1)], dim=1)  # [batch, m]
-        cache.keep(idx)
-        old = int(cache.t_pos[0, 0]) if self.trace is not None and sink else 0  # host read only when tracing
-        if self.realign_topc:
-            slots = -(-c // F)
-            run_start = f - (self.recent - B) - slots
-            topc_pos = run_start + torch.arange(c, device=device) // F
-            cache.t_pos[:, sink:sink + c] = topc_pos
-            sink_start = run_start - self.sink_size
-        else:
-            sink_start = f - self.budget
-        if sink:
-            cache.t_pos[:, :sink] = torch.arange(sink_start, sink_start + self.sink_size,
-                                                 device=device).repeat_interleave(F)[:sink]
+        picks = cache.aux[self.PICKS][:, sink:cand_end] if self.PICKS in cache.aux else \
+            torch.zeros(scores.shape, dtype=torch.long, device=device)  # [batch, nc]
+        chosen = select_top(scores, picks, self.candidate_tokens(F), self.reuse_cap)  # [batch, c], into candidates
+        c = chosen.shape[1]
+        new_picks = torch.gather(picks, 1, chosen) + 1  # [batch, c]
+        keep = torch.cat([torch.arange(sink, device=device).expand(batch, -1), chosen + sink,
+                          torch.arange(cand_end, n, device=device).expand(batch, -1)], dim=1)  # [batch, m]
+        plan = Plan("compress", keep, writes=[(self.PICKS, sink, new_picks)])
+        if self.realign_topc:  # kept candidate i at f - (R - B) - ceil(c / F) + i // F
+            run_start = f - (self.recent - B) - -(-c // F)
+            plan.writes.append(("t_pos", sink, run_start + torch.arange(c, device=device) // F))
         if self.trace is not None:
-            self._emit(kv, layer, "compress", kept=idx, tokens_before=n, candidates=(sink, cand_end),
-                       scores=_host(scores), selected=_host(selected),
-                       picks=_host(cache.aux[self.PICKS][:, sink:sink + c]), eligible=_host(eligible),
-                       sink_start=sink_start, shift=sink_start - old)
+            eligible = (picks < self.reuse_cap).sum(1) if self.reuse_cap > 0 else torch.full((batch,), cand_end - sink)
+            plan.extras = {"candidates": (sink, cand_end), "scores": scores, "selected": chosen + sink,
+                           "picks": new_picks, "eligible": eligible}
+        return place_sink(plan, kv, self.sink_size, self.gap(B))
 
 
 def policy_parameters(mode: str) -> tuple[str, ...]:

@@ -76,3 +76,37 @@ def test_bad_options_are_one_line_errors(capsys):
     if not __import__("torch").cuda.is_available():
         assert main(["--preset", "real", "--out", "unused"]) == 2
         assert "sees no GPU" in capsys.readouterr().err
+
+
+def test_a_policy_defined_here_is_selectable_by_name(tmp_path):
+    """A new cache mode is one class plus its registration: the bench runs it without any other file knowing it."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from pipeline.kv_cache import Plan
+    from pipeline.policies import POLICIES, CachePolicy
+
+    @dataclass
+    class KeepLastFrame(CachePolicy):
+        """Test-only policy: before each chunk, keep only the last committed frame."""
+
+        name = "test_keep_last_frame"
+
+        def plan(self, kv, layer):
+            n, F = kv.layers[layer].n, kv.tokens_per_frame
+            return None if n <= F else Plan("evict", torch.arange(n - F, n))
+
+    try:
+        out = tmp_path / "custom"
+        assert main(["--preset", "cpu", "--modes", "test_keep_last_frame", "--latent-frames", "9",
+                     "--reload-prompts", "0", "--no-vae", "--warmup-chunks", "0", "--out", str(out),
+                     "--log-level", "WARNING"]) == 0
+        r = json.loads((out / "results.json").read_text())
+        assert r["modes"]["test_keep_last_frame"]["policy"] == "KeepLastFrame"
+        assert r["modes"]["test_keep_last_frame"]["settings"]["mode"] == "test_keep_last_frame"
+        run, = r["runs"]
+        assert [c["kind"] for c in run["chunks"]] == ["fill", "evict", "evict"]
+        assert [c["context_frames"] for c in run["chunks"]] == [0, 1, 1]  # its plan was applied
+    finally:
+        POLICIES.pop("test_keep_last_frame", None)

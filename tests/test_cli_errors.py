@@ -86,7 +86,8 @@ CASES = {
                                    ["ext.txt", "1 lines", "has 2"]),
     "unwritable_output_folder": (lambda t: ["--output_folder", _prompt_file(t, "x", "a_file") / "sub"],
                                  ["a_file/sub", "not writable"]),
-    "missing_model_folder": (lambda t: ["--wan_model_dir", t / "no_such_model"], ["no_such_model", "download"]),
+    "missing_model_folder": (lambda t: ["--wan_model_dir", t / "no_such_model"],
+                             ["no_such_model", "hf download"]),
     "missing_checkpoint": (lambda t: ["--checkpoint_path", t / "missing.pt"], ["missing.pt", "not found"]),
     "use_ema_without_ema": (lambda t: ["--use_ema", "--checkpoint_path", _checkpoint_without_ema(t)],
                             ["no_ema.pt", "generator_ema", "drop --use_ema"]),
@@ -147,5 +148,5 @@ def test_default_model_files_missing_offline(run_cli, tmp_path):
     r = run_cli("--device", "cpu", "--data_path", REPO_ROOT / "prompts" / "demo.txt", "--output_folder", "out",
                 "height=32", "width=32", cwd=tmp_path)  # HF_HUB_OFFLINE=1 in the test environment
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "download Wan-AI/Wan2.1-T2V-1.3B" in r.stderr and "HF_HUB_OFFLINE=1" in r.stderr
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B" in r.stderr and "HF_HUB_OFFLINE=1" in r.stderr
     assert not (tmp_path / "out").exists()

@@ -13,8 +13,8 @@ from wan import loading
 from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
                          load_generator)
 
-WAN_CMD = "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"
-CKPT_CMD = "huggingface-cli download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ."
+WAN_CMD = "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"
+CKPT_CMD = "hf download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ."
 
 
 @pytest.fixture
@@ -65,6 +65,7 @@ def test_offline_stops_with_manual_commands(workdir, fake_hub, monkeypatch):
         ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT)
     msg = str(err.value)
     assert WAN_CMD in msg and CKPT_CMD in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert "huggingface-cli" not in msg  # huggingface_hub >= 1.0 has only `hf`
     assert fake_hub.calls == []
 
 
@@ -134,3 +135,42 @@ def test_download_disabled(workdir, fake_hub):
     with pytest.raises(ModelFilesError, match="Wan model folder not found"):
         ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT, download=False)
     assert fake_hub.calls == []
+
+
+def test_hub_bars_are_off_when_stderr_is_not_a_terminal(workdir, monkeypatch):
+    """Downloads in a logged run (stderr a file or pipe) do not write tqdm control codes."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    import io
+
+    class BarWatchingHub(FakeHub):
+        """Records whether the hub's bars were off during each call."""
+
+        def snapshot_download(self, repo_id, **kwargs):
+            seen.append(are_progress_bars_disabled())
+            return super().snapshot_download(repo_id, **kwargs)
+
+        def hf_hub_download(self, repo_id, filename, **kwargs):
+            seen.append(are_progress_bars_disabled())
+            return super().hf_hub_download(repo_id, filename, **kwargs)
+
+    seen = []
+    hub = BarWatchingHub()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file, not a terminal
+    assert not are_progress_bars_disabled()
+    ensure_model_files(DEFAULT_WAN_MODEL_DIR, DEFAULT_CHECKPOINT)
+    assert seen == [True, True] and not are_progress_bars_disabled()
+
+
+def test_no_huggingface_cli_commands_anywhere():
+    """README, scripts and every message give `hf download` commands (huggingface_hub >= 1.0 has no huggingface-cli)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *root.glob("*.sh"), *root.glob("*.py"),
+             *[p for d in ("app", "wan", "media", "pipeline", "utils", "bench", "tools", "docs")
+               for p in (root / d).rglob("*") if p.suffix in (".py", ".md", ".sh")]]
+    offenders = [str(p.relative_to(root)) for p in files if "huggingface-cli download" in p.read_text("utf-8")]
+    assert offenders == []
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B" in (
+        root / "README.md").read_text("utf-8")

@@ -106,7 +106,7 @@ def test_missing_folder(tiny, tmp_path, monkeypatch):
         load_generator("wan_models/Wan2.1-T2V-1.3B", tiny.checkpoint)
     msg = _one_paragraph(err.value)
     assert str(tmp_path / "wan_models" / "Wan2.1-T2V-1.3B") in msg
-    assert "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B" in msg
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B" in msg
     with pytest.raises(ModelFilesError):
         check_model_files("wan_models/Wan2.1-T2V-1.3B", tiny.checkpoint)
 
@@ -119,7 +119,7 @@ def test_missing_single_file(tiny, folder_copy, name):
     with pytest.raises(ModelFilesError) as err:
         check_model_files(folder_copy, tiny.checkpoint)
     msg = _one_paragraph(err.value)
-    assert str(target) in msg and "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B" in msg and name in msg
+    assert str(target) in msg and "hf download Wan-AI/Wan2.1-T2V-1.3B" in msg and name in msg
 
 
 def test_empty_file_counts_as_missing(tiny, folder_copy):
@@ -134,7 +134,7 @@ def test_missing_checkpoint(tiny, tmp_path, monkeypatch):
         load_generator(tiny.model_dir, "checkpoints/self_forcing_dmd.pt")
     msg = _one_paragraph(err.value)
     assert str(tmp_path / "checkpoints" / "self_forcing_dmd.pt") in msg
-    assert "huggingface-cli download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ." in msg
+    assert "hf download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ." in msg
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.05])
@@ -221,14 +221,98 @@ def test_load_torch_file_legacy_format(tmp_path):
     assert torch.equal(load_torch_file(path)["a"], torch.ones(2))
 
 
-class _Opaque:
-    pass
+class TouchOnLoad:
+    """Pickles into "call Path.touch(marker)": unpickling it with weights_only=False creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
 
 
-def test_load_torch_file_falls_back_for_python_objects(tmp_path, caplog):
+def write_payload_checkpoint(src: Path, dst: Path, marker: Path) -> Path:
+    """A valid Self Forcing checkpoint (the weights of ``src``) that also carries a code-running pickle."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt["extra"] = TouchOnLoad(marker)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_load_torch_file_refuses_pickled_code(tiny, tmp_path):
+    marker = tmp_path / "marker"
+    path = write_payload_checkpoint(tiny.checkpoint, tmp_path / "payload.pt", marker)
+    with pytest.raises(ModelFilesError) as err:
+        load_torch_file(path, "Self Forcing checkpoint")
+    msg = _one_paragraph(err.value)
+    assert str(path) in msg and "--trust_checkpoint" in msg and "weights_only=True" in msg
+    assert not marker.exists()
+
+
+def test_load_generator_refuses_pickled_code_unless_trusted(tiny, tmp_path):
+    marker = tmp_path / "marker"
+    path = write_payload_checkpoint(tiny.checkpoint, tmp_path / "payload.pt", marker)
+    with pytest.raises(ModelFilesError, match="--trust_checkpoint"):
+        load_generator(tiny.model_dir, path)
+    assert not marker.exists()
+    model = load_generator(tiny.model_dir, path, trust_checkpoint=True)  # the user's explicit opt-in
+    assert marker.exists()
+    _assert_weights_equal(model, _expected(tiny.checkpoint, "generator"))
+
+
+def test_trusted_load_warns(tmp_path, caplog):
     path = tmp_path / "objects.pt"
-    torch.save({"generator": {"model.x": torch.ones(1)}, "extra": _Opaque()}, path, pickle_module=pickle)
+    torch.save({"generator": {"model.x": torch.ones(1)}, "step": TouchOnLoad(tmp_path / "m")}, path,
+               pickle_module=pickle)
     with caplog.at_level("WARNING", logger="wan.loading"):
-        out = load_torch_file(path)
-    assert isinstance(out["extra"], _Opaque)
+        out = load_torch_file(path, trust=True)
+    assert out["step"] is None and torch.equal(out["generator"]["model.x"], torch.ones(1))
     assert "weights_only=False" in caplog.text and str(path) in caplog.text
+
+
+def test_model_folder_file_with_pickled_code_is_refused_without_opt_in(folder_copy, tmp_path):
+    marker = tmp_path / "marker"
+    vae = folder_copy / loading.VAE_WEIGHTS_FILE
+    state = torch.load(vae, weights_only=True)
+    state["extra"] = TouchOnLoad(marker)
+    torch.save(state, vae)
+    with pytest.raises(ModelFilesError) as err:
+        loading.load_folder_state_dict(folder_copy, loading.VAE_WEIGHTS_FILE, "Wan VAE weights")
+    msg = _one_paragraph(err.value)
+    assert str(vae) in msg and "download it again" in msg and "--trust_checkpoint" not in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text, kind", [("[1, 2]", "array"), ('"dim"', "string"), ("null", "null")])
+def test_config_json_must_be_an_object(tiny, folder_copy, text, kind):
+    path = folder_copy / loading.CONFIG_FILE
+    path.write_text(text)
+    with pytest.raises(ModelFilesError) as err:
+        loading.read_wan_config(folder_copy)
+    msg = _one_paragraph(err.value)
+    assert str(path) in msg and f"JSON {kind}" in msg and "object" in msg
+    with pytest.raises(ModelFilesError):
+        load_generator(folder_copy, tiny.checkpoint)
+
+
+def _cli_model_args(tiny, checkpoint: Path, tmp_path: Path) -> list:
+    """CLI flags: the tiny model on CPU, one prompt, one chunk of 32x32 frames."""
+    prompts = tmp_path / "one.txt"
+    prompts.write_text("a lighthouse in a storm\n", encoding="utf-8")
+    return ["--wan_model_dir", tiny.model_dir, "--checkpoint_path", checkpoint, "--device", "cpu",
+            "--data_path", prompts, "--output_folder", tmp_path / "out", "--num_output_frames", 3,
+            "height=32", "width=32"]
+
+
+def test_cli_refuses_pickled_code_and_runs_it_only_when_trusted(run_cli, tiny, tmp_path):
+    marker = tmp_path / "marker"
+    path = write_payload_checkpoint(tiny.checkpoint, tmp_path / "payload.pt", marker)
+    r = run_cli(*_cli_model_args(tiny, path, tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "loading models" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and str(path) in errors[0] and "--trust_checkpoint" in errors[0], r.stderr
+    assert not marker.exists()
+    r = run_cli(*_cli_model_args(tiny, path, tmp_path), "--trust_checkpoint")
+    assert r.returncode == 0, r.stderr
+    assert marker.exists() and len(list((tmp_path / "out").glob("*.mp4"))) == 1

@@ -1,5 +1,5 @@
-"""Cache policies (SPEC 4.1-4.4): invariants over every policy, the worked examples, PC's top-C selection against an
-independent score, the ramp test, state reset between prompts, long rollouts, configuration and mode selection."""
+"""Cache policies (docs/cache.md): invariants over every policy and option, the worked examples, PC's top-C selection
+against an independent score, the ramp test, state reset between prompts, long rollouts, configuration and modes."""
 import pytest
 import torch
 
@@ -22,7 +22,22 @@ POLICIES = {
     "deep_sink_pc": dict(mode="deep_sink_pc", sink_size=10, budget=16, recent=4),
     "deep_sink_pc_paper": dict(mode="deep_sink_pc", sink_size=10, budget=16, recent=4, reuse_cap=1,
                                realign_topc=True),
+    # the family's checkpoints: Infinite-Forcing (W 6, S 1), LongLive (W 12, S 3), normal and infinite
+    "infinite_forcing": dict(mode="infinite_forcing", local_attn_size=6, sink_size=1),
+    "infinite_forcing_w12_s2": dict(mode="infinite_forcing", local_attn_size=12, sink_size=2),
+    "longlive": dict(mode="self_forcing", local_attn_size=12, sink_size=3),
+    "longlive_infinite": dict(mode="infinite_forcing", local_attn_size=12, sink_size=3),
+    # Deep Sink / PC on those windows, and the gap option
+    "deep_sink_gap0": dict(mode="deep_sink", sink_size=14, sink_gap=0),
+    "deep_sink_gap5": dict(mode="deep_sink", sink_size=10, sink_gap=5),
+    "deep_sink_w6": dict(mode="deep_sink", local_attn_size=6, sink_size=2),
+    "deep_sink_w12": dict(mode="deep_sink", local_attn_size=12, sink_size=6),
+    "deep_sink_pc_w6": dict(mode="deep_sink_pc", local_attn_size=6, sink_size=1, budget=6, recent=4),
+    "deep_sink_pc_w12": dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=10, recent=4),
+    "deep_sink_pc_w12_gap0": dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=10, recent=4,
+                                  sink_gap=0),
 }
+NEW = [n for n in POLICIES if n not in ("self_forcing", "deep_sink", "deep_sink_pc", "deep_sink_pc_paper")]
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -141,10 +156,10 @@ def test_policy_invariants_over_a_rollout(name):
     def on_event(rec):
         f, layer = rec["chunk_start"], rec["layer"]
         assert calls[(f, layer)] == 1  # only on the first call of a chunk
-        assert rec["tokens_before"] + B * F > L * F or rec["event"] == "realign"  # only on overflow
+        assert rec["tokens_before"] + B * F > L * F  # only on overflow
         events_at.setdefault((f, layer), []).append(rec["event"])
-        if rec["event"] != "realign":  # kept indexes the pre-event cache (snap: state after the last commit)
-            assert torch.equal(torch.gather(snap[layer][3], 1, rec["kept"]), rec["frames"])
+        # kept indexes the pre-event cache (snap: state after the last commit)
+        assert torch.equal(torch.gather(snap[layer][3], 1, rec["kept"]), rec["frames"])
         trace.append(rec)
 
     policy.observe_queries = watched
@@ -164,15 +179,21 @@ def test_policy_invariants_over_a_rollout(name):
     overflow = [f for f in range(0, T, B) if f >= L]
     kinds = {e for evs in events_at.values() for e in evs}
     if cfg["mode"] == "deep_sink_pc":
-        N = policy.budget
-        assert sorted({f for f, _ in events_at}) == [21, 27, 33, 39] and kinds == {"compress"}
+        N, frames, expect_events, expect_sizes = policy.budget, 0, [], []
+        for f in range(0, T, B):  # compress to N - B frames whenever the chunk would overflow the window
+            if frames + B > L:
+                expect_events.append(f)
+                frames = N - B
+            frames += B
+            expect_sizes.append((f, frames * F))
+        assert sorted({f for f, _ in events_at}) == expect_events and kinds == {"compress"}
+        if L == 21:
+            assert expect_events == [21, 27, 33, 39]  # N -> N + B -> compress -> N
         for layer in range(2):
-            after = [n for f, n in sizes[layer] if f >= 21]
-            assert after == [N * F, (N + B) * F] * 3 + [N * F]  # N -> N + B -> compress -> N
-            assert all((f, layer) in events_at for f, n in sizes[layer] if n == N * F and f >= 21)
+            assert sizes[layer] == expect_sizes
     else:
         assert sorted({f for f, _ in events_at}) == overflow
-        assert kinds == ({"evict", "realign"} if cfg["mode"] == "deep_sink" else {"evict"})
+        assert kinds == {"evict"}  # Deep Sink's sink move is part of its one "evict" record
 
 
 # ------------------------------------------------------------------------------------- 2. worked examples
@@ -182,17 +203,17 @@ def test_deep_sink_worked_example():
     kv = make_kv(policy)
     for f in drive(kv, 10, ramp_qkv(lambda fr, tok: fr)):
         pass
-    realign = {r["chunk_start"]: r for r in trace if r["event"] == "realign"}
-    assert sorted(realign) == [21, 24, 27]
+    evict = {r["chunk_start"]: r for r in trace if r["event"] == "evict"}
+    assert sorted(evict) == [21, 24, 27]
     for f, start in [(21, 0), (24, 3), (27, 6)]:
-        t = realign[f]["t_pos"][0]
+        t = evict[f]["t_pos"][0]
         assert t[:14 * F].tolist() == list(torch.arange(start, start + 14).repeat_interleave(F))  # [f-L, f-L+S)
-        assert realign[f]["sink_start"] == f - 21
-    t27 = realign[27]["t_pos"][0]
+        assert evict[f]["sink_start"] == f - 21
+    t27 = evict[27]["t_pos"][0]
     tail_oldest = int(t27[14 * F])
     assert tail_oldest == 27 + 3 - (21 - 14) == 23  # f + B - (L - S), its true frame index
     assert tail_oldest - int(t27[14 * F - 1]) - 1 == 3  # B unused indices: the one-chunk gap
-    assert realign[24]["shift"] == realign[27]["shift"] == 3
+    assert evict[24]["shift"] == evict[27]["shift"] == 3
 
 
 def test_deep_sink_pc_worked_example():
@@ -271,7 +292,7 @@ def _hand_made_pc(batch=2, seed=0, keys=None, cap=7, picks=None, q_fill=None, dt
     trace = []
     policy.trace = trace.append
     pre_t = c.t_pos[:, :n].clone()
-    policy.on_new_chunk(kv, 0)
+    kv.chunk_events(0)
     q_all = torch.cat([q for q, _ in queries], 1)[:, -3 * F:]  # the last R*F queries
     p_all = torch.cat([p for _, p in queries])[-3 * F:]
     return policy, kv, trace[0], k, pre_t, q_all, p_all
@@ -354,7 +375,7 @@ def test_pc_scores_on_a_bfloat16_cache():
 
 # ---------------------------------------------------------------------------------------------- 6. ramp test
 def _expected_frames(mode, T, L, S, N=16, R=4, cap=7):
-    """Frame-level simulation of the SPEC rules with frame score -frame (older candidates preferred)."""
+    """Frame-level simulation of the rules of docs/cache.md with frame score -frame (older candidates preferred)."""
     cache, picks = [], {}
     for f in range(0, T, B):
         if len(cache) + B > L:
@@ -370,15 +391,17 @@ def _expected_frames(mode, T, L, S, N=16, R=4, cap=7):
     return cache
 
 
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", *NEW])
 def test_ramp_cache_holds_exactly_the_expected_frames(name):
     cfg = POLICIES[name]
     policy = build_policy(**cfg)
     kv = make_kv(policy, layers=2, batch=2)
+    L = policy.window_frames
+    pc = dict(N=policy.budget, R=policy.recent) if cfg["mode"] == "deep_sink_pc" else {}
     T = 90  # 30 chunks; PC's oldest candidates hit the reuse cap of 7 and get replaced
     qkv = ramp_qkv(lambda fr, tok: -fr, batch=2)
     for f in drive(kv, T // B, qkv):
-        expect = _expected_frames(cfg["mode"], f + B, 21, policy.sink_size)
+        expect = _expected_frames(cfg["mode"], f + B, L, policy.sink_size, **pc)
         for layer in range(2):
             c = kv.layers[layer]
             want = torch.tensor(expect).repeat_interleave(F)
@@ -387,17 +410,18 @@ def test_ramp_cache_holds_exactly_the_expected_frames(name):
             assert torch.equal(v[..., 0], want.float().expand(2, -1))
             assert v[..., 1].eq(4).all() and v[..., 3].eq(layer).all()  # written by the clean pass, this layer
             assert torch.equal(v[..., 2], torch.arange(F).repeat(len(expect)).float().expand(2, -1))
-    final = _expected_frames(cfg["mode"], T, 21, policy.sink_size)
-    if cfg["mode"] == "deep_sink_pc":
+    final = _expected_frames(cfg["mode"], T, L, policy.sink_size, **pc)
+    if name == "deep_sink_pc":
         # frames 10, 11 were picked at f = 21 .. 57 (7 times), then excluded; 56, 57 took over at f = 63
         assert final == list(range(10)) + [56, 57, 86, 87, 88, 89]
         assert kv.layers[0].t_pos[0, 0].item() == 87 - 16  # sink at f - N of the last compression (f = 87)
-    else:
-        assert final == list(range(policy.sink_size)) + list(range(T - 21 + policy.sink_size, T))
+    elif cfg["mode"] != "deep_sink_pc":
+        assert final == list(range(policy.sink_size)) + list(range(T - L + policy.sink_size, T))
 
 
 # ----------------------------------------------------------------------------- 5. state and length; batching
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", "infinite_forcing",
+                                  "longlive_infinite", "deep_sink_pc_w12_gap0"])
 def test_prompts_in_one_process_equal_fresh_pipelines(name):
     model = tiny_model(7)
     noise = torch.randn(2, 30, *LATENT, generator=torch.Generator().manual_seed(8))
@@ -435,7 +459,7 @@ def test_pc_batch_of_two_equals_two_single_runs():
         assert torch.allclose(both[i:i + 1], single, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc"])
+@pytest.mark.parametrize("name", ["self_forcing", "deep_sink", "deep_sink_pc", *NEW])
 def test_rollout_past_latent_frame_1100(name):
     model = tiny_model(2)
     cfg = RolloutConfig(denoising_step_list=[1000])  # one step + clean pass per chunk keeps this fast
@@ -445,6 +469,8 @@ def test_rollout_past_latent_frame_1100(name):
     c = pipe.kv.layers[0]
     assert c.frame[0, c.n - 1] == 1103 and c.frame[0, 0] == 0  # the sink survived (frame 0 is a sink frame)
     assert c.n <= 21
+    if POLICIES[name]["mode"] != "self_forcing":  # moving sinks: positions relative to the chunk stay bounded
+        assert (c.t_pos[0, :c.n] - pipe.kv.base).abs().max() < 2 * pipe.policy.window_frames
 
 
 # --------------------------------------------------------------------------------- configuration and modes
@@ -457,6 +483,10 @@ def test_build_policy_modes_and_describe():
     assert pc.describe() == {"mode": "deep_sink_pc", "local_attn_size": 21, "sink_size": 10, "window_frames": 21,
                              "global_cap_frames": 21, "budget": 16, "recent": 4, "reuse_cap": 5,
                              "realign_topc": True}
+    assert build_policy("deep_sink", sink_size=14, sink_gap=0).describe()["sink_gap"] == 0
+    assert build_policy("infinite_forcing").describe() == {"mode": "infinite_forcing", "local_attn_size": 6,
+                                                           "sink_size": 1, "window_frames": 6,
+                                                           "global_cap_frames": 21, "sink_gap": 0}
     assert build_policy("deep_sink_pc", local_attn_size=-1, sink_size=10).window_frames == 21
     with pytest.raises(CachePolicyError, match="unknown"):
         build_policy("streaming")
@@ -482,8 +512,17 @@ def test_select_mode_follows_upstream_flags():
     (dict(mode="deep_sink_pc", sink_size=10, budget=0), 3, "positive"),
     (dict(mode="deep_sink_pc", sink_size=10, reuse_cap=-1), 3, "reuse_cap=-1"),
     (dict(mode="self_forcing", local_attn_size=0), 3, "local_attn_size=0"),
+    (dict(mode="infinite_forcing", local_attn_size=12, sink_size=4), 3, "sink_size=4 is larger than the chunk"),
+    (dict(mode="infinite_forcing", local_attn_size=6, sink_size=1), 6, "exceeds the window"),
+    (dict(mode="infinite_forcing"), 2, None),  # the released W 6, S 1 with 2-frame chunks is fine
+    (dict(mode="deep_sink", sink_size=10, sink_gap=-1), 3, "sink_gap=-1"),
+    (dict(mode="deep_sink", local_attn_size=6, sink_size=4), 3, "sink_size=4"),
+    (dict(mode="deep_sink_pc", local_attn_size=6, sink_size=1), 3, "--Budget=16"),
+    (dict(mode="deep_sink_pc", local_attn_size=12, sink_size=3, budget=12, recent=2), 3, "--Recent=2"),
 ])
 def test_invalid_settings_raise_one_clear_error(kwargs, chunk, match):
+    if match is None:
+        return build_policy(**kwargs).validate(chunk)
     with pytest.raises(ValueError, match=match) as err:
         build_policy(**kwargs).validate(chunk)
     assert isinstance(err.value, CachePolicyError) and "\n" not in str(err.value)
@@ -493,3 +532,25 @@ def test_pipeline_validates_the_policy_against_the_chunk_size():
     with pytest.raises(CachePolicyError, match="--Recent=2"):
         CausalInferencePipeline(tiny_model(), RolloutConfig(), build_policy("deep_sink_pc", sink_size=10, recent=2,
                                                                             budget=16))
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_plans_read_the_cache_and_never_write_it(name):
+    """Policies decide, the cache applies: ``plan`` leaves every per-token field as it found it."""
+    policy = build_policy(**POLICIES[name])
+    kv = make_kv(policy, layers=2, batch=2)
+    plans, original = [], policy.plan
+
+    def checked(kv, layer):
+        c = kv.layers[layer]
+        before = [t.clone() for t in (c.k, c.v, c.t_pos, c.frame, *c.aux.values())], c.n, c.staged
+        plan = original(kv, layer)
+        after = [c.k, c.v, c.t_pos, c.frame, *c.aux.values()], c.n, c.staged
+        assert before[1:] == after[1:] and all(torch.equal(x, y) for x, y in zip(before[0], after[0]))
+        plans.append(plan)
+        return plan
+
+    policy.plan = checked
+    for _ in drive(kv, 16, ramp_qkv(lambda fr, tok: -fr, batch=2)):
+        pass
+    assert len(plans) == 32 and sum(p is not None for p in plans) >= 8

@@ -69,6 +69,9 @@ class WanConfig:
                 data = json.load(fh)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: not valid JSON ({exc}); re-download the model folder") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: holds a JSON {_json_kind(data)}, not an object of architecture keys "
+                             f"(e.g. {{\"dim\": 1536, \"num_layers\": 30, ...}})")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
@@ -79,6 +82,12 @@ class WanConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         d["patch_size"] = list(self.patch_size)
         return d
+
+
+def _json_kind(value: object) -> str:
+    """JSON name of a parsed value's type (list -> 'array')."""
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 # Keys some released config.json files carry that do not change the architecture.

@@ -2,12 +2,14 @@
 
 Uses ``huggingface_hub`` (its progress bars, ``HF_HOME``, ``HF_TOKEN``, resumable downloads). Offline mode
 (``HF_HUB_OFFLINE=1``, read when a download is attempted, not at import) or an unreachable hub ends in a
-:class:`~wan.loading.ModelFilesError` that gives the manual ``huggingface-cli download`` commands.
+:class:`~wan.loading.ModelFilesError` that gives the manual ``hf download`` commands.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .loading import (CHECKPOINT_REPO_FILE, CHECKPOINT_REPO_ID, MODEL_FOLDER_FILES, TOKENIZER_DIR, WAN_REPO_ID,
@@ -38,7 +40,26 @@ def manual_commands(model_dir: Path | None, checkpoint: Path | None) -> str:
         cmds.append(f"`{wan_download_command(model_dir)}`")
     if checkpoint is not None:
         cmds.append(f"`{checkpoint_download_command(checkpoint)}`")
-    return " and ".join(cmds) + " (with huggingface_hub >= 1.0 the command is spelled `hf download ...`)"
+    return " and ".join(cmds)
+
+
+@contextlib.contextmanager
+def _bars_only_on_terminal():
+    """Switch the hub's tqdm bars off while stderr is not a terminal (they fill log files with control codes)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError, OSError):
+        terminal = False
+    if terminal or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -72,8 +93,9 @@ def download_wan_model(model_dir: Path, checkpoint: Path | None = None) -> Path:
 
     logger.info("downloading %s into %s", WAN_REPO_ID, model_dir)
     try:
-        huggingface_hub.snapshot_download(repo_id=WAN_REPO_ID, local_dir=str(model_dir),
-                                          allow_patterns=WAN_ALLOW_PATTERNS)
+        with _bars_only_on_terminal():
+            huggingface_hub.snapshot_download(repo_id=WAN_REPO_ID, local_dir=str(model_dir),
+                                              allow_patterns=WAN_ALLOW_PATTERNS)
     except _network_errors() as exc:
         raise _fail(f"{type(exc).__name__}: {first_line(exc)}", model_dir, checkpoint) from None
     return model_dir
@@ -89,8 +111,9 @@ def download_checkpoint(checkpoint: Path) -> Path:
 
     logger.info("downloading %s/%s into %s", CHECKPOINT_REPO_ID, CHECKPOINT_REPO_FILE, local_dir)
     try:
-        path = huggingface_hub.hf_hub_download(repo_id=CHECKPOINT_REPO_ID, filename=CHECKPOINT_REPO_FILE,
-                                               local_dir=str(local_dir))
+        with _bars_only_on_terminal():
+            path = huggingface_hub.hf_hub_download(repo_id=CHECKPOINT_REPO_ID, filename=CHECKPOINT_REPO_FILE,
+                                                   local_dir=str(local_dir))
     except _network_errors() as exc:
         raise _fail(f"{type(exc).__name__}: {first_line(exc)}", None, checkpoint) from None
     if Path(path).absolute() != checkpoint:

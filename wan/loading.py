@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WAN_MODEL_DIR = "wan_models/Wan2.1-T2V-1.3B"
 DEFAULT_CHECKPOINT = "checkpoints/self_forcing_dmd.pt"
 
-# Hub locations (SPEC section 1).
+# Hub locations.
 WAN_REPO_ID = "Wan-AI/Wan2.1-T2V-1.3B"
 CHECKPOINT_REPO_ID = "gdhe17/Self-Forcing"
 CHECKPOINT_REPO_FILE = "checkpoints/self_forcing_dmd.pt"
@@ -80,28 +81,31 @@ def _quote(arg: str) -> str:
 
 
 def wan_download_command(model_dir: Path, filename: str | None = None) -> str:
-    """The ``huggingface-cli`` command that downloads the Wan folder (or one file of it) into ``model_dir``."""
+    """The ``hf download`` command that downloads the Wan folder (or one file of it) into ``model_dir``."""
     what = "" if filename is None else f" {_quote(filename)}"
-    return f"huggingface-cli download {WAN_REPO_ID}{what} --local-dir {_quote(display_path(model_dir))}"
+    return f"hf download {WAN_REPO_ID}{what} --local-dir {_quote(display_path(model_dir))}"
+
+
+def tokenizer_download_command(model_dir: Path) -> str:
+    """The ``hf download`` command that fetches the tokenizer folder of the Wan model into ``model_dir``."""
+    return (f"hf download {WAN_REPO_ID} --include {_quote(TOKENIZER_DIR + '/*')} "
+            f"--local-dir {_quote(display_path(model_dir))}")
 
 
 def checkpoint_download_command(checkpoint_path: Path) -> str:
-    """The ``huggingface-cli`` command that fetches ``checkpoints/self_forcing_dmd.pt`` to ``checkpoint_path``.
+    """The ``hf download`` command that fetches ``checkpoints/self_forcing_dmd.pt`` to ``checkpoint_path``.
 
     For a path not ending in ``checkpoints/self_forcing_dmd.pt`` the command downloads into the working directory.
     """
     path = Path(checkpoint_path).absolute()
     local_dir = path.parent.parent if is_default_checkpoint_layout(path) else Path.cwd()
-    return (f"huggingface-cli download {CHECKPOINT_REPO_ID} {CHECKPOINT_REPO_FILE} "
+    return (f"hf download {CHECKPOINT_REPO_ID} {CHECKPOINT_REPO_FILE} "
             f"--local-dir {_quote(display_path(local_dir))}")
 
 
 def is_default_checkpoint_layout(checkpoint_path: Path) -> bool:
     """True when the path ends in ``checkpoints/self_forcing_dmd.pt`` (so the hub file lands exactly there)."""
     return Path(checkpoint_path).as_posix().endswith("/" + CHECKPOINT_REPO_FILE)
-
-
-_NEWER_CLI = "(with huggingface_hub >= 1.0 the same command is spelled `hf download ...`)"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,8 +128,8 @@ def missing_folder_error(model_dir: Path) -> ModelFilesError:
     """Error for an absent Wan model folder."""
     return ModelFilesError(
         f"Wan model folder not found: {model_dir} (relative paths are looked up in the working directory "
-        f"{Path.cwd()} and then in the repository {REPO_ROOT}). Download it with `{wan_download_command(model_dir)}` "
-        f"{_NEWER_CLI}, or pass --wan_model_dir with the folder that holds {CONFIG_FILE}, {DIT_WEIGHTS_FILE}, "
+        f"{Path.cwd()} and then in the repository {REPO_ROOT}). Download it with `{wan_download_command(model_dir)}`, "
+        f"or pass --wan_model_dir with the folder that holds {CONFIG_FILE}, {DIT_WEIGHTS_FILE}, "
         f"{T5_WEIGHTS_FILE}, {VAE_WEIGHTS_FILE} and {TOKENIZER_DIR}/.")
 
 
@@ -133,14 +137,13 @@ def missing_file_error(model_dir: Path, name: str) -> ModelFilesError:
     """Error for one absent or empty file of the Wan model folder."""
     path = model_dir / name
     if name.endswith("/"):
-        cmd = (f"huggingface-cli download {WAN_REPO_ID} --include {_quote(name + '*')} "
-               f"--local-dir {_quote(display_path(model_dir))}")
+        cmd = tokenizer_download_command(model_dir)
         what = f"tokenizer folder {path} is missing or empty"
     else:
         cmd = wan_download_command(model_dir, name)
         what = f"{path} is missing" if not path.exists() else f"{path} is empty (an interrupted download?)"
     return ModelFilesError(
-        f"The Wan model folder {model_dir} is incomplete: {what}. Fetch that file with `{cmd}` {_NEWER_CLI}, "
+        f"The Wan model folder {model_dir} is incomplete: {what}. Fetch that file with `{cmd}`, "
         f"or re-download the whole folder with `{wan_download_command(model_dir)}`.")
 
 
@@ -148,10 +151,10 @@ def missing_checkpoint_error(checkpoint: Path) -> ModelFilesError:
     """Error for an absent Self Forcing checkpoint."""
     cmd = checkpoint_download_command(checkpoint)
     if is_default_checkpoint_layout(checkpoint):
-        fix = f"Download it with `{cmd}` {_NEWER_CLI}"
+        fix = f"Download it with `{cmd}`"
     else:
         fix = (f"Pass --checkpoint_path with an existing file, or download the released one with `{cmd}` "
-               f"{_NEWER_CLI} and pass --checkpoint_path {CHECKPOINT_REPO_FILE}")
+               f"and pass --checkpoint_path {CHECKPOINT_REPO_FILE}")
     return ModelFilesError(
         f"Self Forcing checkpoint not found: {checkpoint} (relative paths are looked up in the working directory "
         f"{Path.cwd()} and then in the repository {REPO_ROOT}). {fix}.")
@@ -171,7 +174,7 @@ def check_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.Pa
             raise missing_checkpoint_error(ckpt)
         if ckpt.stat().st_size == 0:
             raise ModelFilesError(f"Self Forcing checkpoint {ckpt} is empty (an interrupted download?). Delete it "
-                                  f"and download it again with `{checkpoint_download_command(ckpt)}` {_NEWER_CLI}.")
+                                  f"and download it again with `{checkpoint_download_command(ckpt)}`.")
 
 
 def ensure_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike | None,
@@ -179,7 +182,7 @@ def ensure_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.P
     """Resolve both paths and, when files are missing and ``download`` is set, fetch them from the Hugging Face hub.
 
     Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable this raises :class:`ModelFilesError` with the manual
-    ``huggingface-cli download`` commands. Returns the resolved ``(model_dir, checkpoint_path)``.
+    ``hf download`` commands. Returns the resolved ``(model_dir, checkpoint_path)``.
     """
     folder = resolve_path(model_dir)
     ckpt = resolve_path(checkpoint_path) if checkpoint_path is not None else None
@@ -201,19 +204,25 @@ def ensure_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.P
 # reading files
 
 
-def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
-    """``torch.load`` on CPU, memory-mapped and ``weights_only`` where possible; corrupt files raise ModelFilesError.
+TRUST_FLAG = "--trust_checkpoint"
 
-    Falls back (with a log line) to a non-mapped load for files in the legacy (pre-zip) format, and to
-    ``weights_only=False`` for files holding Python objects besides tensors (only do this with files you trust).
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", trust: bool = False,
+                    opt_in: str | None = TRUST_FLAG) -> object:
+    """``torch.load`` on CPU, memory-mapped, ``weights_only=True``; unsafe or corrupt files raise ModelFilesError.
+
+    A file in the legacy (pre-zip) format is loaded without memory-mapping (logged). A file that holds Python
+    objects besides tensors, containers and plain values would run code from the file when unpickled: it is refused
+    with a message naming ``opt_in`` (the flag that sets ``trust``), unless ``trust`` is set, in which case it is
+    loaded with ``weights_only=False`` and a warning. ``opt_in=None`` means no flag can trust this file.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFilesError(f"{what} not found: {path}. Check the path or download the file again.")
-    mmap, weights_only = True, True
-    for _ in range(3):
+    mmap = True
+    while True:
         try:
-            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=weights_only)
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
         except RuntimeError as exc:
             if mmap and "mmap can only be used" in str(exc):
                 logger.info("%s is not in the zip format torch.load can memory-map; loading it into memory", path)
@@ -221,11 +230,10 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object
                 continue
             error = exc
         except pickle.UnpicklingError as exc:
-            if weights_only and "Unsupported global" in str(exc):
-                logger.warning("%s holds Python objects besides tensors; loading it with weights_only=False "
-                               "(this runs code from the file: only use checkpoints you trust)", path)
-                weights_only = False
-                continue
+            if "Unsupported global" in str(exc) or "Weights only load failed" in str(exc):
+                if trust:
+                    return _load_trusted(path, what, mmap)
+                raise untrusted_file_error(path, what, exc, opt_in) from None
             error = exc
         except (OSError, EOFError, KeyError, ValueError, IndexError, AttributeError, ImportError) as exc:
             error = exc
@@ -235,13 +243,46 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> object
         f"corrupt, probably an interrupted download. Delete it and download it again.")
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """What the weights-only unpickler refused, e.g. ``Unsupported global: GLOBAL posix.system``."""
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+    reason = m.group(1) if m else first_line(exc)
+    reason = reason.split(" was not an allowed global")[0]
+    return reason.split(". ")[0].rstrip(".")
+
+
+def untrusted_file_error(path: Path, what: str, exc: BaseException, opt_in: str | None) -> ModelFilesError:
+    """Error for a torch file that a ``weights_only=True`` load refuses (it holds pickled Python objects)."""
+    if opt_in is None:
+        fix = "The released file holds only tensors: delete it and download it again."
+    else:
+        fix = (f"Released checkpoints hold only tensors; if you trust this file and where it came from, pass "
+               f"{opt_in} to load it anyway (with weights_only=False, which runs that code).")
+    return ModelFilesError(
+        f"{what} {path} was refused: it holds pickled Python objects besides tensors ({_unpickler_reason(exc)}), and "
+        f"unpickling them could run code stored in the file. It was read with weights_only=True only, so nothing in "
+        f"it was executed. {fix}")
+
+
+def _load_trusted(path: Path, what: str, mmap: bool) -> object:
+    """``torch.load(weights_only=False)`` of a file the user explicitly trusts (this runs code from the file)."""
+    logger.warning("%s holds Python objects besides tensors; loading it with weights_only=False because it is "
+                   "trusted (%s): this runs code stored in the file", path, TRUST_FLAG)
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError, KeyError, ValueError, IndexError,
+            AttributeError, ImportError, TypeError) as exc:
+        raise ModelFilesError(f"{what} {path} could not be read even as a trusted file ({type(exc).__name__}: "
+                              f"{first_line(exc)}); it is corrupt or needs code that is not installed. Use the "
+                              f"released file instead.") from None
+
 
 def load_folder_state_dict(folder: Path, filename: str, what: str) -> dict:
     """The state dict in ``folder/filename`` (a torch file); ModelFilesError when missing, corrupt or not a dict."""
     weights = folder / filename
     if not weights.is_file():
         raise missing_file_error(folder, filename)
-    state = load_torch_file(weights, what)
+    state = load_torch_file(weights, what, opt_in=None)
     if not isinstance(state, dict):
         raise ModelFilesError(f"{weights} holds a {type(state).__name__}, not a state dict; re-download it with "
                               f"`{wan_download_command(folder, filename)}`.")
@@ -338,14 +379,14 @@ def build_dit(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
 def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike, use_ema: bool = False,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   lora_path: str | os.PathLike | None = None, lora_alpha: float | None = None,
-                   lora_rank: int | None = None) -> CausalWanModel:
+                   trust_checkpoint: bool = False, lora_path: str | os.PathLike | None = None,
+                   lora_alpha: float | None = None, lora_rank: int | None = None) -> CausalWanModel:
     """The Self Forcing generator: base Wan DiT, then the checkpoint's ``generator`` (or ``generator_ema``), strict.
 
-    With ``lora_path`` a LoRA file is merged last (``wan.lora.merge_lora``; scale ``lora_alpha / r``, alpha None
-    meaning alpha = r; ``lora_rank`` when given must equal the file's r).
-
-    Returns an eval-mode :class:`CausalWanModel` in ``dtype`` on ``device`` with gradients off.
+    The checkpoint is loaded with ``weights_only=True``; ``trust_checkpoint`` (``--trust_checkpoint``) allows a
+    file holding other Python objects. With ``lora_path`` a LoRA file is merged last (``wan.lora.merge_lora``; scale
+    ``lora_alpha / r``, alpha None meaning alpha = r; ``lora_rank`` when given must equal the file's r). Returns an
+    eval-mode :class:`CausalWanModel` in ``dtype`` on ``device`` with gradients off.
     """
     folder = resolve_path(model_dir)
     ckpt = resolve_path(checkpoint_path)
@@ -354,7 +395,8 @@ def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathL
     if not ckpt.is_file():
         raise missing_checkpoint_error(ckpt)
     model = build_dit(folder, dtype, device)
-    state = generator_state_dict(load_torch_file(ckpt, "Self Forcing checkpoint"), ckpt, use_ema)
+    state = generator_state_dict(load_torch_file(ckpt, "Self Forcing checkpoint", trust=trust_checkpoint), ckpt,
+                                 use_ema)
     entry = "generator_ema" if use_ema else "generator"
     try:
         model.load_state_dict_strict(state, source=f"{ckpt} ['{entry}']")

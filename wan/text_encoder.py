@@ -1,12 +1,16 @@
 """UMT5 text encoder: ``transformers.UMT5EncoderModel`` holding Wan's ``models_t5_umt5-xxl-enc-bf16.pth``.
 
 No config file ships with the Wan ``.pth``, so the UMT5 config is derived from its tensor shapes; the keys are mapped
-to transformers' names (SPEC section 1). Prompts are cleaned, padded to ``text_len`` tokens (the DiT's text length),
+to transformers' names. Prompts are cleaned, padded to ``text_len`` tokens (the DiT's text length),
 encoded with the attention mask, and the padded positions are set to exactly zero.
 
-Low-memory (offload) mode keeps the encoder weights on the CPU and copies them to the target device only for the
-duration of one ``encode`` call (the transient copies are dropped afterwards), so the ~11 GB encoder does not stay
-on the GPU next to the DiT.
+Low-memory (offload) mode keeps the encoder weights in host memory and streams them (``wan.offload``): the token
+embedding (256384 x 4096, 2.1 GB in bf16) is looked up on the CPU and only the ``[B, text_len, d_model]`` result goes
+to the device; then each of the 24 encoder blocks (about 193 M parameters, 0.39 GB in bf16) is copied to the device
+just before it runs and freed right after, and the final norm likewise. So during an encode at most one block of the
+11.4 GB encoder sits on the GPU next to the DiT, its KV cache and the VAE. Every operation runs on the same device
+with the same weights as without offload, so the embeddings are bit-identical. The cost is the same host-to-device
+traffic as copying the whole encoder once per encode (less the embedding), one block at a time.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import re
 
 import torch
 
-from .loading import (CONFIG_FILE, T5_WEIGHTS_FILE, TOKENIZER_DIR, WAN_REPO_ID, ModelFilesError, display_path,
-                      first_line, load_folder_state_dict, missing_file_error, read_wan_config, resolve_path,
+from .loading import (CONFIG_FILE, T5_WEIGHTS_FILE, TOKENIZER_DIR, ModelFilesError, first_line, load_folder_state_dict,
+                      missing_file_error, read_wan_config, resolve_path, tokenizer_download_command,
                       wan_download_command)
+from .offload import WeightStreamer, module_numel
 from .state_dict import compare_state_dicts
 
 logger = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ def umt5_config_from_state_dict(state: dict[str, torch.Tensor], source: str = "s
     """A ``UMT5Config`` (encoder only, eager attention) derived from the tensor shapes of a Wan T5 state dict.
 
     What the file does not record (relative-position max distance, RMSNorm epsilon) keeps transformers' UMT5
-    defaults, which are UMT5's values (SPEC section 1).
+    defaults, which are UMT5's values.
     """
     from transformers import UMT5Config
 
@@ -137,6 +142,7 @@ class WanTextEncoder:
         self.text_len = int(text_len)
         self.device = torch.device(device)
         self.offload = offload
+        self.last_offload_peak_numel = 0  # most encoder weight elements on the device during the last offloaded encode
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -145,7 +151,7 @@ class WanTextEncoder:
         """Load the tokenizer and the Wan UMT5 weights of a model folder.
 
         ``text_len`` defaults to the DiT's ``text_len`` from the folder's ``config.json``. With ``offload`` the
-        weights stay on the CPU and are copied to ``device`` only while encoding.
+        weights stay on the CPU and are streamed to ``device`` one block at a time while encoding.
         """
         from transformers import AutoTokenizer
 
@@ -160,8 +166,7 @@ class WanTextEncoder:
         except (OSError, ValueError) as exc:
             raise ModelFilesError(
                 f"The tokenizer in {tok_dir} could not be loaded ({first_line(exc)}). Re-download it with "
-                f"`huggingface-cli download {WAN_REPO_ID} --include \"{TOKENIZER_DIR}/*\" "
-                f"--local-dir {display_path(folder)}`.") from None
+                f"`{tokenizer_download_command(folder)}`.") from None
         weights = folder / T5_WEIGHTS_FILE
         state = load_folder_state_dict(folder, T5_WEIGHTS_FILE, "UMT5 encoder weights")
         home = "cpu" if offload else device
@@ -171,7 +176,7 @@ class WanTextEncoder:
                                   f"text_dim={dit_config.text_dim}; the files come from different models. "
                                   f"Re-download the folder with `{wan_download_command(folder)}`.")
         logger.info("loaded %s (UMT5 encoder d_model=%d, %d layers, %s on %s%s)", weights, model.config.d_model,
-                    model.config.num_layers, dtype, home, ", offloaded: moved to the device only while encoding"
+                    model.config.num_layers, dtype, home, ", offloaded: streamed to the device one block at a time"
                     if offload else "")
         return cls(model, tokenizer, text_len, device, offload)
 
@@ -198,23 +203,34 @@ class WanTextEncoder:
         if isinstance(prompts, str):
             prompts = [prompts]
         ids, mask = self.tokenize(list(prompts))
-        ids, mask = ids.to(self.device), mask.to(self.device)  # [B, text_len]
         if self.offload:
             hidden = self._encode_offloaded(ids, mask)
+            mask = mask.to(self.device)
         else:
+            ids, mask = ids.to(self.device), mask.to(self.device)  # [B, text_len]
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, text_len, d_model]
         return hidden.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
-    def _encode_offloaded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Run the CPU-resident encoder with transient copies of its weights on ``self.device``."""
-        from torch.func import functional_call
+    def streamed_modules(self) -> list:
+        """The pieces streamed to the device in offload mode: every encoder block, then the final norm."""
+        return [*self.model.encoder.block, self.model.encoder.final_layer_norm]
 
-        weights = {name: t.to(self.device, non_blocking=True)
-                   for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers())}
-        try:
-            return functional_call(self.model, weights, (), {"input_ids": ids, "attention_mask": mask}
-                                   ).last_hidden_state
-        finally:
-            del weights
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _encode_offloaded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the host-resident encoder on ``self.device``, streaming one block's weights at a time.
+
+        ``ids``/``mask`` are ``[B, text_len]`` on the CPU; returns ``[B, text_len, d_model]`` on ``self.device``.
+        """
+        embed = self.model.get_input_embeddings()
+        pieces = self.streamed_modules()
+        if module_numel(embed) + sum(module_numel(m) for m in pieces) != module_numel(self.model):
+            raise RuntimeError("UMT5 encoder has weights outside its embedding, blocks and final norm; "
+                               "offload mode cannot stream it")
+        embeds = embed(ids).to(self.device)  # [B, text_len, d_model], looked up on the CPU
+        with WeightStreamer(pieces, self.device) as streamer:
+            hidden = self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
+        self.last_offload_peak_numel = streamer.peak_numel
+        logger.debug("offloaded encode: %d pieces streamed, at most %d encoder weights on %s at once",
+                     streamer.moves, streamer.peak_numel, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return hidden  # [B, text_len, d_model]
