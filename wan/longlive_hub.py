@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from .hub import _network_errors, hub_offline
+from .hub import _bars_only_on_terminal, _network_errors, hub_offline
 from .loading import ModelFilesError, display_path, first_line, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ def download_longlive(paths: list[Path]) -> list[Path]:
         local_dir = path.parent.parent
         logger.info("downloading %s/%s into %s", LONGLIVE_REPO_ID, name, local_dir)
         try:
-            got = huggingface_hub.hf_hub_download(repo_id=LONGLIVE_REPO_ID, filename=name, local_dir=str(local_dir))
+            with _bars_only_on_terminal():
+                got = huggingface_hub.hf_hub_download(repo_id=LONGLIVE_REPO_ID, filename=name,
+                                                      local_dir=str(local_dir))
         except _network_errors() as exc:
             raise _fail(f"{type(exc).__name__}: {first_line(exc)}", paths) from None
         if Path(got).absolute() != path:
