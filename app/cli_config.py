@@ -42,7 +42,7 @@ class ModelKwargs:
     timestep_shift: float = 5.0
     local_attn_size: int = 21            # cache window L in latent frames (-1: global, capped at 21)
     sink_size: int = 10                  # sink frames S
-    use_infinite_attention: bool = False  # LongLive's infinite mode (not supported yet)
+    use_infinite_attention: bool = False  # LongLive's infinite mode: cache mode infinite_forcing unless a mode is set
 
 
 @dataclass
@@ -118,7 +118,6 @@ TRAINING_KEYS = frozenset({
 UNSUPPORTED = {
     "denoising_step_list_first_chunk": ("Causal Forcing++'s first-chunk step list", "use a 4-step model"),
     "i2v": ("image-to-video (Causal Forcing)", "set i2v: false"),
-    "model_kwargs.use_infinite_attention": ("LongLive's infinite attention", "remove use_infinite_attention"),
     "inference_iter": ("a limit on the number of prompts (LongLive's inference_iter)", "pass a shorter prompt "
                        "file"),
     "model_name": ("a base model other than Wan2.1-T2V-1.3B", "use a Wan2.1-T2V-1.3B model"),

@@ -53,14 +53,27 @@ def is_longlive(cfg) -> bool:
     return cfg.lora_ckpt is not None or cfg.switch_frame_indices is not None
 
 
+INFINITE_KEY = "model_kwargs.use_infinite_attention"
+
+
 def default_longlive_mode(loaded) -> None:
-    """A LongLive config without a mode from any layer runs LongLive's normal mode: the Self Forcing window."""
-    if is_longlive(loaded.cfg) and "mode" not in loaded.origins:
-        loaded.cfg.mode = "self_forcing"
-        loaded.origins["mode"] = "LongLive's normal mode (a LongLive config without mode)"
-        logger.info("LongLive config: cache mode self_forcing (window %s, sink %s) as released; set mode / --mode "
-                    "for Deep Sink or PC on top", loaded.cfg.model_kwargs.local_attn_size,
-                    loaded.cfg.model_kwargs.sink_size)
+    """The cache mode of a LongLive config that no layer gave a mode: ``infinite_forcing`` with
+    ``use_infinite_attention`` (LongLive's infinite mode: the sink right before the window), else ``self_forcing``
+    (its normal mode). An explicit mode wins (Deep Sink / PC on top of the checkpoint)."""
+    cfg = loaded.cfg
+    infinite = cfg.model_kwargs.use_infinite_attention
+    if "mode" in loaded.origins:
+        if infinite and cfg.mode != "infinite_forcing":
+            logger.warning("%s sets use_infinite_attention but %s sets mode %s; running mode %s",
+                           loaded.origin(INFINITE_KEY), loaded.origin("mode"), cfg.mode, cfg.mode)
+        return
+    if not (infinite or is_longlive(cfg)):
+        return
+    cfg.mode = "infinite_forcing" if infinite else "self_forcing"
+    what = "infinite mode (use_infinite_attention)" if infinite else "normal mode"
+    loaded.origins["mode"] = f"LongLive's {what}"
+    logger.info("LongLive config: cache mode %s (window %s, sink %s), its %s as released; set mode / --mode for Deep "
+                "Sink or PC on top", cfg.mode, cfg.model_kwargs.local_attn_size, cfg.model_kwargs.sink_size, what)
 
 
 def longlive_paths(cfg, checkpoint_flag: str | None, data_flag: str | None) -> tuple[str | None, str | None]:

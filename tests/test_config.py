@@ -35,12 +35,12 @@ LOADS = {
     "self_forcing_dmd _frame1.yaml": (1, 21, 10, [1000, 750, 500, 250]),
     "longlive_inference.yaml": (3, 12, 3, [1000, 750, 500, 250]),
     "longlive_interactive_inference.yaml": (3, 12, 3, [1000, 750, 500, 250]),
+    "longlive_inference_infinity.yaml": (3, 12, 3, [1000, 750, 500, 250]),
 }
 # file -> words of the one-paragraph "not supported yet" error
 FEATURES = {
     "causal_forcing_dmd_framewise_2step.yaml": ["first-chunk step list", "denoising_step_list_first_chunk"],
     "causal_forcing_dmd_framewise_1step.yaml": ["first-chunk step list"],
-    "longlive_inference_infinity.yaml": ["infinite attention", "model_kwargs.use_infinite_attention"],
 }
 
 

@@ -12,6 +12,7 @@ import inference
 from wan.fixtures import tiny_dit_config
 from wan.lora_fixtures import write_lora_file
 
+DROP = object()  # a key left out of the YAML
 SEGMENTS = [["a paper boat drifts down a gutter", "the boat reaches a river", "the river meets the sea"],
             ["a lighthouse in a winter storm", "the storm clears at dawn", "gulls circle the lamp"]]
 
@@ -31,6 +32,7 @@ def _setup(tmp_path, tiny_model_files, **changes):
            "adapter": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "dtype": "bfloat16",
                        "verbose": False}, "mode": "self_forcing"}
     cfg.update(changes)
+    cfg = {k: v for k, v in cfg.items() if v is not DROP}
     path = tmp_path / "longlive_interactive_inference.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path, model_dir
@@ -113,3 +115,33 @@ def test_released_interactive_yaml_asks_for_longlive_files(tmp_path, tiny_model_
     last = err.strip().splitlines()[-1]
     assert rc == 2 and "hf download Efficient-Large-Model/LongLive models/longlive_base.pt models/lora.pt" in last
     assert "HF_HUB_OFFLINE" in last or "switched off" in last
+
+
+@pytest.mark.parametrize("name,flags,mode", [
+    ("longlive_inference.yaml", [], "self_forcing"),
+    ("longlive_interactive_inference.yaml", [], "self_forcing"),
+    ("longlive_inference_infinity.yaml", [], "infinite_forcing"),
+    ("longlive_inference.yaml", ["--mode", "deep_sink_pc", "--Budget", "12", "--Recent", "3"], "deep_sink_pc"),
+])
+def test_longlive_yamls_choose_their_cache_mode(name, flags, mode):
+    """LongLive's three YAMLs, as released, run its normal mode (Self Forcing window 12, sink 3) or, with
+    use_infinite_attention, its infinite mode; an explicit mode puts Deep Sink / PC on top."""
+    from pathlib import Path
+    from app.longlive_settings import default_longlive_mode
+    from app.settings import build_cache_policy, config_from_args
+    family = Path(__file__).resolve().parent / "fixtures" / "family" / name
+    loaded = config_from_args(inference.build_parser().parse_intermixed_args(["--config_path", str(family), *flags]))
+    default_longlive_mode(loaded)
+    d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
+    assert (d["mode"], d["local_attn_size"], d["sink_size"]) == (mode, 12, 3)
+
+
+def test_longlive_infinite_mode_runs_through_the_cli(tmp_path, tiny_model_files, capsys):
+    config, model_dir = _setup(tmp_path, tiny_model_files, mode=DROP,
+                               model_kwargs={"local_attn_size": 12, "timestep_shift": 5.0, "sink_size": 3,
+                                             "use_infinite_attention": True}, num_output_frames=18)
+    rc, err = _main(capsys, "--config_path", config, "--wan_model_dir", model_dir, "--device", "cpu", "height=32",
+                    "width=32")
+    assert rc == 0, err
+    record = json.loads((tmp_path / "out" / "0-0_regular.json").read_text())
+    assert record["cache"]["mode"] == "infinite_forcing" and record["longlive"]["recache"] == "longlive"
