@@ -25,8 +25,8 @@ import sys
 from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from app.cli_config import NOISE_ORDERS, CLIError, RunConfig
-from app.outputs import pending_slots, plan_outputs
+from app.cli_config import NOISE_ORDERS, CLIError, RunConfig, policy_default
+from app.outputs import claim_slots, pending_slots, plan_outputs
 from app.progress import progress_bar
 from app.prompts import shard
 from app.runtime import DistEnv, progress_enabled, setup_logging
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
                     "instead of the prompt, which still names the file")
-    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, --demo: output/demo)")
+    up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, "
+                    "--demo: output/demo)")
     up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
                     f"size (default {frames} = {video_frames(frames)} video frames); the video has 4T-3")
     up.add_argument("--use_ema", action="store_true", default=None, help="use the checkpoint's generator_ema "
@@ -74,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "{idx}-{sample}_{ema|regular}.mp4 (key save_with_index)")
     up.add_argument("--is_ds_only", type=int, default=0, choices=(0, 1), help="1: Deep Sink only (mode deep_sink); "
                     "0: the config's mode (default deep_sink_pc: Deep Sink + Participative Compression)")
-    up.add_argument("--Budget", type=int, default=None, help="PC budget N in frames (key budget; default: the "
-                    "policy's, 16)")
-    up.add_argument("--Recent", type=int, default=None, help="PC recent frames R (key recent; default: the "
-                    "policy's, 4)")
+    up.add_argument("--Budget", type=int, default=None, help=f"PC budget N in frames (key budget; default "
+                    f"{policy_default('budget')})")
+    up.add_argument("--Recent", type=int, default=None, help=f"PC recent frames R (key recent; default "
+                    f"{policy_default('recent')})")
     ours = p.add_argument_group("this project")
     ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
                       "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
@@ -157,7 +158,8 @@ def run(settings, runner=None, stdin=None) -> int:
     plan = output_plan(settings)
     mine = shard(settings.jobs, dist.rank, dist.world_size)
     # An interactive video depends on what is typed: it is never "already finished", it is made again.
-    todo, finished = pending_slots(mine, plan, settings.request, settings.overwrite or settings.interactive)
+    redo_all = settings.overwrite or settings.interactive
+    todo, finished = pending_slots(mine, plan, settings.request, redo_all)
     todo, redo = add_missing_latents(mine, plan, todo, settings)
     finished -= redo
     logger.info("%d prompt(s) in total; this rank: %d video(s) already finished, %d prompt(s) to render -> %s",
@@ -175,7 +177,12 @@ def run(settings, runner=None, stdin=None) -> int:
     try:
         with logging_redirect_tqdm(), progress_bar(len(todo), "prompts", "prompt", progress, every=1) as bar:
             for job, slots in todo:
-                result = runner.render(job, slots, live=live)
+                # each video is locked while it is made: other runs on this folder skip it (README: resuming)
+                with claim_slots(job, slots, settings.request, redo_all) as claimed:
+                    if not claimed:
+                        bar.update(1)
+                        continue
+                    result = runner.render(job, claimed, live=live)
                 bar.update(1)
                 written.extend(result.written)
                 for path in result.written:

@@ -4,7 +4,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-TEST_ONLY = {"pytest"}
+TEST_ONLY = {"pytest", "imageio", "imageio-ffmpeg"}
 BENCH_ONLY = {"matplotlib"}
 
 

@@ -95,7 +95,8 @@ class RunConfig:
 SECTIONS = ("model_kwargs",)
 # RunConfig key -> policy parameter (build_policy(mode, **params)); None values are left to the policy's default.
 CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.sink_size": "sink_size",
-              "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc", "sink_gap": "sink_gap"}
+              "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc",
+              "sink_gap": "sink_gap"}
 
 # Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed) that mean
 # nothing here: dropped when a file is read, logged at debug level. (data_path and generator_ckpt are schema keys read
@@ -184,7 +185,7 @@ def _omegaconf_error(exc: OmegaConfBaseException, label: str) -> CLIError:
         hint = f" Did you mean '{guess}'?" if guess else ""
         return CLIError(f"{label}: unknown config key '{key}'.{hint} Fix or remove it; the keys are listed in "
                         f"README 'Configs' (sink, window and shift live under model_kwargs).")
-    msg = " ".join(str(getattr(exc, "msg", exc)).split())
+    msg = str(exc).strip().splitlines()[0]
     return CLIError(f"{label}: config key '{key}' has a value of the wrong type ({msg}); see README 'Configs'.")
 
 
@@ -279,9 +280,6 @@ def check_values(loaded: LoadedConfig) -> None:
     if not lo <= cfg.fps <= hi:
         raise CLIError(f"{loaded.origin('fps')}: fps={cfg.fps:g} is outside the supported range {lo:g} to {hi:g} "
                        f"frames per second; use e.g. fps=16 (the models' training rate).")
-    for key in ("height", "width"):
-        if get(cfg, key) < 1:
-            raise CLIError(f"{loaded.origin(key)}: {key}={get(cfg, key)} must be a positive number of pixels.")
     if not 0 <= cfg.context_noise <= cfg.num_train_timesteps:
         raise CLIError(f"{loaded.origin('context_noise')}: context_noise={cfg.context_noise:g} must be a timestep "
                        f"between 0 and num_train_timesteps={cfg.num_train_timesteps} (0 as released).")
@@ -290,7 +288,8 @@ def check_values(loaded: LoadedConfig) -> None:
     if cfg.seconds is not None and cfg.seconds <= 0:
         raise CLIError(f"{loaded.origin('seconds')}: seconds={cfg.seconds:g} must be a positive number of seconds, "
                        f"e.g. --seconds 60.")
-    for alias, key in (("num_train_timestep", "num_train_timesteps"), ("timestep_shift", "model_kwargs.timestep_shift")):
+    for alias, key in (("num_train_timestep", "num_train_timesteps"),
+                       ("timestep_shift", "model_kwargs.timestep_shift")):
         if get(cfg, alias) is not None and get(cfg, alias) != get(cfg, key):
             raise CLIError(f"Two different values for the same setting: {loaded.blame(alias, key)}. The rollout uses "
                            f"{key}; make them equal or remove {alias}.")
@@ -305,6 +304,12 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     loaded = merge_layers(layers)
     check_values(loaded)
     return loaded
+
+
+def policy_default(param: str) -> Any:
+    """The default of a cache parameter, from the first registered policy class that declares it (for help texts)."""
+    from pipeline.policies import POLICIES
+    return next(f.default for cls in POLICIES.values() for f in dataclasses.fields(cls) if f.name == param)
 
 
 def rollout_params(cfg: RunConfig) -> dict:

@@ -28,14 +28,14 @@ from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
 from .cli_config import REPO_ROOT, CLIError
-from .outputs import OutputSlot, write_json_atomic
+from .outputs import VIDEO_RECORD, OutputSlot, json_bytes, write_bytes_atomic
 from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
 from media.streaming import SampleOutput
 from .switching import LivePrompts, PromptSwitcher
-from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, chunk_keyframes
+from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, encoder_threads, encoder_version
 from utils.frames import video_frames
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ DEBUG_FRAME_DELAY_ENV = "DEEP_FORCING_DEBUG_FRAME_DELAY"  # tests: seconds to sl
 # (chunk index, first latent frame, the outputs, uint8 frames [m, H, W, 3] just written to each) -> None
 ChunkHook = Callable[[int, int, list, list], None]
 PACKAGES = ("deep-forcing", "torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "numpy",
-            "imageio", "imageio-ffmpeg", "flash-attn")
+            "av", "flash-attn")
 
 
 def package_versions() -> dict:
@@ -56,8 +56,7 @@ def package_versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     try:
-        import imageio_ffmpeg
-        out["ffmpeg"] = imageio_ffmpeg.get_ffmpeg_version()
+        out.update(encoder_version())
     except Exception:  # noqa: BLE001 - informational only
         pass
     if torch.cuda.is_available():
@@ -153,15 +152,14 @@ class VideoRunner:
         return PromptSwitcher(s.clock, encode, job.text, schedule=schedule, live=live, endless=s.endless)
 
     def outputs(self, slots: list[OutputSlot]) -> list[SampleOutput]:
-        """One streaming output per slot; every chunk starts a fragment with a key frame."""
+        """One streaming output per slot; every chunk is a fragment starting with a key frame."""
         s = self.settings
-        clock = s.clock
-        keyframes = chunk_keyframes(clock.video_frame(1), clock.temporal * clock.chunk_latents)
-        return [SampleOutput(slot, self.vae, s.width, s.height, s.fps, keyframes=keyframes,
-                             keep_latents=s.save_latents, on_frame=self._on_frame) for slot in slots]
+        threads = encoder_threads(len(slots))
+        return [SampleOutput(slot, self.vae, s.width, s.height, s.fps, keep_latents=s.save_latents,
+                             on_frame=self._on_frame, threads=threads) for slot in slots]
 
     def sidecar(self, job: PromptJob, slot: OutputSlot, timings: dict, latent_frames: int,
-                switcher: PromptSwitcher | None, latents: Path | None) -> dict:
+                switcher: PromptSwitcher | None, latents: Path | None, video: dict | None = None) -> dict:
         """The JSON record stored next to a video."""
         s = self.settings
         rollout_s = timings.get("rollout", 0.0)
@@ -178,7 +176,7 @@ class VideoRunner:
             "duration_s": round(frames / s.fps, 3), "seconds_requested": s.seconds, "endless": s.endless,
             "height": s.height, "width": s.width,
             "codec": CODEC, "pixel_format": PIXEL_FORMAT, "crf": DEFAULT_CRF, "container": CONTAINER,
-            "x264_tune": TUNE,
+            "x264_tune": TUNE, VIDEO_RECORD: video,
             "prompt_schedule": schedule, "interactive": s.interactive,
             "recache_on_switch": bool(s.recache) if s.switches_possible else None,
             "longlive": s.longlive.request(job) if s.longlive is not None else None,
@@ -201,8 +199,9 @@ class VideoRunner:
 
         After every chunk each slot's new frames are decoded and appended to its mp4 as one fragment; ``on_chunk(i,
         f, outputs, frames)`` is then called (``frames``: the uint8 frames of each output). ``live`` supplies prompts
-        typed during the video. Videos are renamed into place at the end, then latents (``--save_latents``) and
-        sidecars are written, the sidecar last.
+        typed during the video. At the end each mp4 is finished and its sidecar (recording the mp4's size and
+        SHA-256) encoded; then the videos are renamed into place, and latents (``--save_latents``) and sidecars are
+        written, the sidecar last.
         """
         s = self.settings
         result = RenderResult(job)
@@ -247,14 +246,20 @@ class VideoRunner:
                 if not more or (switcher is not None and not switcher.prepare(i + 1)):
                     break
                 tick = time.perf_counter()
+            # finish every mp4 and encode its sidecar before any video gets its final name
+            sidecars = []
+            for out in outputs:
+                out.writer.close()
+                t["total"] = time.perf_counter() - t0
+                latents = out.slot.latents if s.save_latents else None
+                sidecars.append(json_bytes(self.sidecar(job, out.slot, t, latent_frames, switcher, latents,
+                                                        out.video_record())))
         # every video of the batch is now complete under its final name
-        for out in outputs:
-            latents = None
+        for out, sidecar in zip(outputs, sidecars):
             if s.save_latents:
-                latents = out.write_latents({"video": out.slot.video.name, "seed": s.seed, "sample": out.sample,
-                                             "num_frame_per_block": B, "fps": s.fps, "vae_temporal": s.vae_temporal})
-            t["total"] = time.perf_counter() - t0
-            write_json_atomic(out.slot.sidecar, self.sidecar(job, out.slot, t, latent_frames, switcher, latents))
+                out.write_latents({"video": out.slot.video.name, "seed": s.seed, "sample": out.sample,
+                                   "num_frame_per_block": B, "fps": s.fps, "vae_temporal": s.vae_temporal})
+            write_bytes_atomic(out.slot.sidecar, sidecar)
             result.written.append(out.slot.video)
         t["total"] = time.perf_counter() - t0
         return result

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .cli_config import CLIError
+from .text import first_unencodable
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
@@ -176,6 +177,12 @@ def _entry(path: Path, value: object, line: int) -> ScheduleEntry:
                        f"(0 or more).")
     if not isinstance(prompt, str) or not prompt.strip():
         raise CLIError(f"{where} has an empty prompt ({prompt!r}); give every entry the text to switch to.")
+    bad = first_unencodable(prompt)
+    if bad is not None:
+        raise CLIError(f"{where} has a prompt with the lone surrogate U+{ord(prompt[bad]):04X} at character {bad + 1} "
+                       f"(an escape such as \\u{ord(prompt[bad]):04x} that is half of a pair), which is not text and "
+                       f"cannot be written to the sidecar. Write the character itself, or both halves of the "
+                       f"surrogate pair.")
     return ScheduleEntry(float(start), " ".join(prompt.split()), line)
 
 

@@ -225,8 +225,9 @@ def build_rollout(loaded: LoadedConfig) -> RolloutConfig:
 def build_cache_policy(loaded: LoadedConfig, chunk_frames: int) -> CachePolicy:
     """The run's cache policy, built once from the config and validated by the policy against the chunk size."""
     mode = loaded.cfg.mode
-    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}  # None: the
-    try:                                                                                   # policy's own default
+    # cache keys left at None take the policy class's own default
+    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}
+    try:
         policy = build_policy(mode, **params)
         policy.validate(chunk_frames)
     except CachePolicyError as exc:
@@ -269,15 +270,15 @@ def _architecture(model_dir: Path | None) -> WanConfig:
 
 
 def _check_resolution(loaded: LoadedConfig, arch: WanConfig, spatial: int) -> None:
-    """height and width must give whole latent patches (and whole H.264 macro blocks)."""
+    """height and width must be positive and give whole latent patches (and whole H.264 macro blocks)."""
     patch = arch.patch_size
     step = max(spatial * max(patch[1], patch[2]), MACRO_BLOCK)
     for key in ("height", "width"):
         v = getattr(loaded.cfg, key)
-        if v % step:
+        if v < step or v % step:
             options = [step] if v < step else [v - v % step, v - v % step + step]
-            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a multiple of {step} (VAE factor {spatial} x "
-                           f"patch {patch[1]}x{patch[2]}); use {' or '.join(map(str, options))}.")
+            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a positive multiple of {step} (VAE factor "
+                           f"{spatial} x patch {patch[1]}x{patch[2]}); use {' or '.join(map(str, options))}.")
 
 
 def _free_bytes(device: torch.device) -> int:

@@ -16,6 +16,7 @@ from typing import Callable, TextIO
 import torch
 
 from .schedule import ChunkClock, PromptSchedule
+from .text import first_unencodable, safe_text
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +27,17 @@ class LivePrompts:
     """Lines of a text stream (stdin), read by a background thread; the newest unread line is taken per chunk.
 
     Blank lines are ignored; ``/stop`` asks to end the video after the chunk in progress; the end of the stream
-    means no more switches (``eof``).
+    means no more switches (``eof``). Bytes that are not UTF-8 become U+FFFD (with a warning): on stdin they are
+    read with ``surrogateescape``, then replaced, so a stray byte neither stops the reader nor reaches a sidecar.
     """
 
     def __init__(self, stream: TextIO | None = None):
-        self.stream = stream if stream is not None else sys.stdin
+        if stream is None:
+            stream = sys.stdin
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="surrogateescape")
+        self.stream = stream
         self._lines: queue.Queue = queue.Queue()
         self._eof = threading.Event()
         self._thread = threading.Thread(target=self._read, name="prompt-reader", daemon=True)
@@ -41,6 +48,9 @@ class LivePrompts:
         try:
             for raw in iter(self.stream.readline, ""):
                 line = " ".join(raw.split())
+                if first_unencodable(line) is not None:
+                    line = safe_text(line)
+                    logger.warning("a typed line is not valid UTF-8; undecodable bytes replaced by U+FFFD: %r", line)
                 if line:
                     self._lines.put(line)
         except (OSError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """One sample's output files while its video is generated: streaming VAE decode into a growing fragmented mp4.
 
 ``SampleOutput`` is a context manager around one ``OutputSlot``: the mp4 is written under its temporary ``.part``
-name, one fragment per chunk (``add_chunk``; the fragment is on disk as soon as ffmpeg has encoded the chunk), and
-renamed when the block ends without an error (deleted otherwise).
+name, one fragment per chunk (``add_chunk``; the fragment is encoded and written by a background thread of
+``media.video.shared_pool`` while the next chunk is generated), and renamed when the block ends without an error
+(deleted otherwise).
 The VAE's streaming decoder carries its causal cache from chunk to chunk, so the frames equal decoding all latents
 at the end. Latents of finished chunks are dropped unless ``keep_latents``; then ``write_latents`` saves them.
 """
@@ -17,27 +18,28 @@ from typing import Callable
 import numpy as np
 import torch
 
+from app.locks import VideoLock
 from app.outputs import OutputSlot, atomic_path, part_path
-from .video import Mp4Writer, to_uint8
+from .video import Mp4Writer, shared_pool, to_uint8
 
 logger = logging.getLogger(__name__)
 
-LATENTS_SUFFIX = ".pt"        # shorter than ".json", so the name limits of app.outputs hold for it too
 LATENTS_FORMAT = "deep_forcing.latents.v1"
 
 
 def latents_path(slot: OutputSlot) -> Path:
     """Where ``--save_latents`` puts the latents of ``slot``'s video (``name.pt`` next to ``name.mp4``)."""
-    return slot.video.with_suffix(LATENTS_SUFFIX)
+    return slot.latents
 
 
 class SampleOutput:
     """Streaming decode + mp4 (+ latents) for one sample of a batch; use as a context manager."""
 
-    def __init__(self, slot: OutputSlot, vae, width: int, height: int, fps: float, keyframes: str | None = None,
-                 keep_latents: bool = False, on_frame: Callable[[int], None] | None = None):
+    def __init__(self, slot: OutputSlot, vae, width: int, height: int, fps: float, keep_latents: bool = False,
+                 on_frame: Callable[[int], None] | None = None, threads: int = 0):
         self.slot, self.vae, self.keep_latents = slot, vae, keep_latents
-        self._writer_args = dict(width=width, height=height, fps=fps, keyframes=keyframes, on_frame=on_frame)
+        self._writer_args = dict(width=width, height=height, fps=fps, on_frame=on_frame, threads=threads,
+                                 pool=shared_pool())
         self._stack = contextlib.ExitStack()
         self.part: Path | None = None
         self.writer: Mp4Writer | None = None
@@ -68,7 +70,7 @@ class SampleOutput:
 
         Returns (decode seconds, write seconds, uint8 frames [m, H, W, 3]). The previous chunk's fragment is on disk
         before this chunk's frames are handed to the encoder (so at most one chunk is in flight); this chunk's
-        fragment follows as soon as it is encoded, while the next chunk is generated (``flush`` waits for it).
+        fragment is encoded and written in the background while the next chunk is generated (``flush`` waits for it).
         """
         t0 = time.perf_counter()
         frames = to_uint8(self.decoder.decode_chunk(x0)[0])  # [m, H, W, 3]; m = 4n-3 for the first chunk, else 4n
@@ -86,6 +88,10 @@ class SampleOutput:
         """Wait until every frame added so far is in the file; returns the number of frames on disk."""
         return self.writer.flush(wait=True)
 
+    def video_record(self) -> dict:
+        """What identifies the finished mp4 (for the sidecar and the resume check): its size and SHA-256."""
+        return {"size": self.writer.size_bytes, "sha256": self.writer.sha256()}
+
     def write_latents(self, meta: dict) -> Path:
         """Save the kept latents atomically as ``name.pt``: {"latents": [T, C, h, w], "format", **meta}."""
         path = latents_path(self.slot)
@@ -96,10 +102,16 @@ class SampleOutput:
 
 
 def remove_stale_latents_part(slot: OutputSlot) -> bool:
-    """Delete a temporary latents file a killed run left behind; True when there was one."""
+    """Delete a temporary latents file a killed run left behind (not one a live run is writing); True if removed."""
     part = part_path(latents_path(slot))
-    try:
-        part.unlink()
-        return True
-    except FileNotFoundError:
+    if not part.exists():
         return False
+    lock = VideoLock(slot.video)
+    if not lock.acquire():
+        return False
+    with lock:
+        try:
+            part.unlink()
+            return True
+        except FileNotFoundError:
+            return False

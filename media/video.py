@@ -1,40 +1,49 @@
-"""Video frames to H.264 fragmented mp4: x264 in the ffmpeg binary of imageio-ffmpeg, the mp4 written here.
+"""Video frames to a growing H.264 fragmented mp4, in-process with PyAV (FFmpeg's libraries, x264 included).
 
-ffmpeg's own mp4 muxer only closes a fragment when the next frame arrives, so the newest frames of a growing file
-would always be missing. Instead ffmpeg sends its encoded packets back as FLV (``media.flv``: one tag per frame,
-written at once), and ``media.fmp4`` puts them into fragments: once a fragment's frames are encoded it is in the
-file, complete.
+One persistent x264 encoder per file (``tune=zerolatency``: every frame's packet comes out as the frame goes in) and,
+for every fragment, a fresh in-memory mp4 muxer that is given exactly that fragment's packets and closed. The first
+muxer's ``ftyp`` + ``moov`` open the file; of every muxer only the ``moof`` + ``mdat`` of its fragment are appended
+(``fragment_index`` numbers them, ``frag_discont`` keeps their timestamps running on). So a fragment is complete on
+disk as soon as its frames are encoded, and the file is a playable video at every moment. The first frame of every
+fragment is forced to be an IDR frame, so every fragment can be decoded on its own.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
+import concurrent.futures
+import hashlib
+import io
 import logging
-import queue
-import subprocess
+import os
 import threading
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
 
 from app.cli_config import CLIError
-from .flv import FlvError, iter_h264
-from .fmp4 import FragmentedMp4, Sample
 
 logger = logging.getLogger(__name__)
 
 CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"
 DEFAULT_CRF = 18   # visually lossless H.264
-MACRO_BLOCK = 16   # frame sizes must be multiples of this, or ffmpeg would rescale
+MACRO_BLOCK = 16   # frame sizes must be multiples of this, or the encoder would pad
 PRESET = "medium"  # x264's default
 TUNE = "zerolatency"  # no frame delay in the encoder: a chunk's frames can be written as soon as they exist
 CONTAINER = "fragmented mp4 (one fragment per chunk, each starting with a key frame)"
-STDERR_LINES = 20
-POLL_S = 0.5       # seconds between liveness checks while waiting for the encoder
-MESSAGE_WAIT_S = 5  # seconds to wait for ffmpeg's last words when it failed
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+frag_discont+skip_trailer"
+# A key frame x264 places itself (a scene cut) must not split a chunk: the muxer may start a new fragment only after
+# this many microseconds (the option's maximum, 35 minutes, far more than a chunk lasts), so it writes the one
+# fragment of its chunk when it is closed.
+MIN_FRAGMENT_US = str(2 ** 31 - 1)
+HEAD_BOXES = (b"ftyp", b"moov")      # written once, from the first fragment's muxer
+FRAGMENT_BOXES = (b"moof", b"mdat")  # appended for every fragment
+FPS_DENOMINATOR = 1001               # frame rates are represented exactly up to this denominator (30000/1001)
+MAX_DENOMINATOR = 2 ** 31 - 1        # for rates below 1/1001 fps
+MAX_ENCODER_THREADS = 8              # x264 threads per file at most (bounds threads on many-core machines)
+WRITER_THREADS = 4                   # background threads shared by all files of a process
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -43,189 +52,180 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary imageio-ffmpeg uses; raises CLIError when there is none."""
-    try:
-        import imageio_ffmpeg
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as exc:  # noqa: BLE001 - ImportError or "no ffmpeg found" RuntimeError
-        raise CLIError(f"No ffmpeg for writing mp4 files ({exc}). Install it with: pip install imageio-ffmpeg "
-                       f"(the wheel ships ffmpeg) or set IMAGEIO_FFMPEG_EXE to an ffmpeg binary with libx264."
-                       ) from None
-
-
 def check_encoder() -> None:
-    """Fail early (CLIError) when ffmpeg is missing or lacks the H.264 encoder."""
-    exe = ffmpeg_exe()
-    import imageio_ffmpeg
+    """Fail early (CLIError) when PyAV is missing or its FFmpeg has no libx264."""
     try:
-        found = imageio_ffmpeg._io.get_first_available_h264_encoder()
-    except Exception as exc:  # noqa: BLE001
-        raise CLIError(f"The ffmpeg binary {exe} cannot encode H.264 ({exc}). Use the ffmpeg that ships with "
-                       f"imageio-ffmpeg (unset IMAGEIO_FFMPEG_EXE) or one built with libx264.") from None
-    if found != CODEC:
-        raise CLIError(f"The ffmpeg binary {exe} has no {CODEC} encoder (found {found}). Use the ffmpeg that ships "
-                       f"with imageio-ffmpeg (unset IMAGEIO_FFMPEG_EXE) or one built with libx264.")
+        import av
+    except ImportError as exc:
+        raise CLIError(f"PyAV is needed to write mp4 files ({exc}). Install it with: pip install av "
+                       f"(the wheel bundles FFmpeg with libx264).") from None
+    if CODEC not in av.codecs_available:
+        raise CLIError(f"The FFmpeg inside PyAV {av.__version__} has no {CODEC} encoder. Install the PyAV wheel "
+                       f"from PyPI (pip install --force-reinstall av), which bundles libx264.")
 
 
-def chunk_keyframes(first: int, every: int) -> str:
-    """ffmpeg ``-force_key_frames`` expression: key frames at frame 0 and at ``first + k * every`` (chunk starts)."""
-    return f"expr:eq(n,0)+gte(n,{first})*eq(mod(n-{first},{every}),0)"
+def encoder_version() -> dict:
+    """PyAV's version and the FFmpeg library versions it runs (for sidecars)."""
+    import av
+    libs = {name: ".".join(map(str, v)) for name, v in av.library_versions.items()
+            if name in ("libavcodec", "libavformat")}
+    return {"av": av.__version__, **libs}
 
 
-def ffmpeg_command(width: int, height: int, fps: float, crf: int, keyframes: str | None) -> list[str]:
-    """ffmpeg reading raw RGB frames on stdin and writing H.264 packets as FLV on stdout, one per frame, at once.
+def frame_rate(fps: float) -> Fraction:
+    """``fps`` as an exact fraction (16 -> 16, 29.97 -> 2997/100, 30000/1001 stays so)."""
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    rate = Fraction(fps).limit_denominator(FPS_DENOMINATOR)
+    return rate if rate > 0 else Fraction(fps).limit_denominator(MAX_DENOMINATOR)
 
-    ``-tune zerolatency`` (no B-frames, no look-ahead, sliced threads) makes x264 emit every frame's packet as soon
-    as the frame arrives, so a flush never waits for frames that do not exist yet.
-    """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", f"{width}x{height}", "-framerate", f"{fps:g}",
-           "-i", "pipe:0", "-an", "-c:v", CODEC, "-preset", PRESET, "-tune", TUNE, "-crf", str(crf),
-           "-pix_fmt", PIXEL_FORMAT]
-    if keyframes:
-        cmd += ["-force_key_frames", keyframes]
-    return cmd + ["-flush_packets", "1", "-f", "flv", "-flvflags", "no_metadata+no_duration_filesize", "pipe:1"]
+
+def encoder_threads(num_files: int) -> int:
+    """x264 threads per file when ``num_files`` files are written at once: the CPU cores shared, at least 1."""
+    return max(1, min(MAX_ENCODER_THREADS, (os.cpu_count() or 1) // max(1, num_files)))
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def shared_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide pool of WRITER_THREADS threads that encodes and writes fragments in the background."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="mp4")
+        return _POOL
+
+
+def iter_boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, whole box) of every top-level ISO BMFF box in ``data`` (32-bit sizes, as FFmpeg writes them here)."""
+    pos = 0
+    while pos < len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if size < 8 or pos + size > len(data):
+            raise RuntimeError(f"the mp4 muxer wrote an unexpected box layout ({kind!r}, {size} bytes at {pos})")
+        yield kind, data[pos:pos + size]
+        pos += size
 
 
 class Mp4Writer:
     """Incremental H.264/yuv420p fragmented-mp4 writer: ``append`` uint8 frames [n, H, W, 3], ``flush``, ``close``.
 
-    Frames go to an ffmpeg process (x264, zero latency) through a feeder thread, and its packets come back on a
-    pipe to a reader thread, so the caller never waits for the encoder. ``flush`` ends a fragment after the frames
-    appended so far: the reader writes it to the file, complete, as soon as all of them are encoded
-    (``flush(wait=True)`` also waits for that). The file is a valid video at every moment. ``keyframes`` is an
-    ffmpeg ``-force_key_frames`` expression (``chunk_keyframes``: each fragment then starts with a key frame).
-    At most one batch of frames waits for the feeder, so memory stays bounded. ``on_frame`` is called after every
-    frame is handed over (progress or tests).
+    ``flush`` makes the frames appended since the last flush one fragment, opening with a key frame. With a
+    ``pool`` the fragment is encoded and written in a background thread (``flush(wait=True)`` waits for it),
+    without one in the caller's thread. At most one fragment per file is in flight, so memory stays bounded.
+    ``threads``: threads of x264 and of the RGB -> yuv420p scaler each (0: one per core).
+    ``size_bytes`` and ``sha256()`` identify the bytes written. ``on_frame`` is called after every frame is handed
+    over (progress or tests).
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, crf: int = DEFAULT_CRF,
-                 keyframes: str | None = None, on_frame: Callable[[int], None] | None = None):
+                 on_frame: Callable[[int], None] | None = None, threads: int = 0,
+                 pool: concurrent.futures.Executor | None = None):
         if width % MACRO_BLOCK or height % MACRO_BLOCK:
             raise ValueError(f"frame size {width}x{height} must be a multiple of {MACRO_BLOCK} for H.264")
-        self.path, self.size, self.on_frame = Path(path), (width, height), on_frame
+        self.path, self.size, self.on_frame, self.pool = Path(path), (width, height), on_frame, pool
+        self.rate = frame_rate(fps)
         self.frames_written = 0     # frames handed over by the caller
         self.frames_in_file = 0     # frames in complete fragments on disk
-        self._cond = threading.Condition()          # guards everything below and every write to the file
-        self._pending: list[Sample] = []            # encoded frames waiting for their fragment to end
-        self._ends: collections.deque = collections.deque()  # frame counts at which fragments end
-        self._avcc: bytes | None = None
-        self._error: BaseException | None = None
-        self._encoder_done = False
+        self.fragments = 0
+        self.size_bytes = 0
+        self._hash = hashlib.sha256()
+        self._pending: list[np.ndarray] = []          # frames [n, H, W, 3] appended since the last flush
+        self._job: concurrent.futures.Future | None = None
         self._closed = False
-        self._inbox: queue.Queue = queue.Queue(maxsize=1)   # frame batches for the feeder; None: no more frames
-        self._stderr: collections.deque = collections.deque(maxlen=STDERR_LINES)
-        self._file = open(self.path, "wb")
+        self._encoder = self._open_encoder(width, height, crf, threads)
+        self._to_yuv = None                           # the RGB -> yuv420p converter, made with the first frame
+        self._scaler_threads: dict = {"threads": threads}  # {} where PyAV has no such option (older versions)
+        self._file: BinaryIO = open(self.path, "wb")
+
+    def _open_encoder(self, width: int, height: int, crf: int, threads: int):
+        """An opened x264 encoder for this file's frames."""
+        import av
+        enc = av.CodecContext.create(CODEC, "w")
+        enc.width, enc.height, enc.pix_fmt = width, height, PIXEL_FORMAT
+        enc.time_base, enc.framerate = 1 / self.rate, self.rate
+        enc.thread_count = threads
+        enc.options = {"crf": str(crf), "preset": PRESET, "tune": TUNE, "forced-idr": "1"}
+        enc.open()
+        return enc
+
+    # ------------------------------------------------------------------ one fragment
+
+    def _encode(self, frames: list[np.ndarray]) -> list:
+        """Packets of ``frames`` (uint8 [H, W, 3] each), the first one an IDR frame."""
+        import av
+        if self._to_yuv is None:
+            self._to_yuv = av.video.reformatter.VideoReformatter()   # keeps its scaler from frame to frame
+        packets = []
+        for i, rgb in enumerate(frames):
+            frame = self._yuv(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
+            frame.pts, frame.time_base = self.frames_in_file + i, self._encoder.time_base
+            frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
+            packets += self._encoder.encode(frame)
+        if len(packets) != len(frames) or not packets[0].is_keyframe:
+            raise RuntimeError(f"x264 returned {len(packets)} packets for {len(frames)} frames (first key frame: "
+                               f"{bool(packets and packets[0].is_keyframe)}); expected one per frame at once")
+        return packets
+
+    def _yuv(self, frame):
+        """``frame`` converted to the encoder's pixel format (with as many threads as the encoder)."""
         try:
-            self._mp4 = FragmentedMp4(self._file, width, height, fps)
-            self._proc = subprocess.Popen(ffmpeg_command(width, height, fps, crf, keyframes), stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except BaseException:
-            self._file.close()
-            raise
-        self._threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in (
-            (self._feed, "mp4-feeder"), (self._read, "mp4-reader"), (self._drain_stderr, "ffmpeg-stderr"))]
-        for thread in self._threads:
-            thread.start()
+            return self._to_yuv.reformat(frame, format=PIXEL_FORMAT, **self._scaler_threads)
+        except TypeError:                  # an older PyAV: its scaler runs in the calling thread anyway
+            self._scaler_threads = {}
+            return self._to_yuv.reformat(frame, format=PIXEL_FORMAT)
 
-    # ------------------------------------------------------------------ background threads
+    def _mux(self, packets: list) -> bytes:
+        """The mp4 bytes of one muxer holding exactly ``packets``: ftyp, moov, then one moof + mdat."""
+        import av
+        buf = io.BytesIO()
+        options = {"movflags": MOVFLAGS, "min_frag_duration": MIN_FRAGMENT_US, "avoid_negative_ts": "disabled",
+                   "fragment_index": str(self.fragments + 1)}
+        with av.open(buf, "w", format="mp4", options=options) as mux:
+            stream = mux.add_stream("h264", rate=self.rate)
+            stream.width, stream.height = self.size
+            stream.pix_fmt = PIXEL_FORMAT
+            stream.codec_context.extradata = self._encoder.extradata
+            stream.time_base = self._encoder.time_base
+            for packet in packets:
+                packet.stream = stream
+                mux.mux(packet)
+        return buf.getvalue()
 
-    def _feed(self) -> None:
-        """Feeder thread: hand queued frames to ffmpeg's stdin; close it at the end marker."""
-        while (batch := self._inbox.get()) is not None:
-            if self._error is not None:
-                continue                   # keep draining so the caller never blocks
-            try:
-                for frame in batch:        # [H, W, 3] uint8
-                    self._proc.stdin.write(frame.tobytes())
-                self._proc.stdin.flush()
-            except (OSError, ValueError) as exc:
-                self._fail(RuntimeError(f"ffmpeg stopped reading frames ({exc})"))
-        with contextlib.suppress(OSError, ValueError):
-            self._proc.stdin.close()
-
-    def _read(self) -> None:
-        """Reader thread: collect encoded frames and write every fragment whose frames are all encoded."""
-        try:
-            for kind, data, key in iter_h264(self._proc.stdout):
-                with self._cond:
-                    if kind == "config":
-                        self._avcc = data
-                    else:
-                        self._pending.append(Sample(data, key))
-                        self._write_ready()
-                    self._cond.notify_all()
-        except FlvError as exc:
-            self._fail(RuntimeError(str(exc)))
-        except OSError as exc:             # reading the pipe, or writing the file (disk full)
-            self._fail(exc)
-        finally:
-            with self._cond:
-                self._encoder_done = True
-                self._cond.notify_all()
-
-    def _drain_stderr(self) -> None:
-        """Keep the last lines ffmpeg prints (for error messages) so its stderr pipe never fills."""
-        for line in self._proc.stderr:
-            self._stderr.append(line.decode("utf-8", "replace").rstrip())
-
-    def _fail(self, exc: BaseException) -> None:
-        """Record the first error (raised in the caller's thread at its next call)."""
-        with self._cond:
-            if self._error is None:
-                self._error = exc
-            self._cond.notify_all()
-
-    def _write_ready(self) -> None:
-        """Write every fragment whose frames are all encoded (call with ``_cond`` held)."""
-        while self._ends and self.frames_in_file + len(self._pending) >= self._ends[0]:
-            n = self._ends.popleft() - self.frames_in_file
-            if n <= 0:
-                continue
-            if not self._mp4.started:
-                if self._avcc is None:
-                    raise FlvError("ffmpeg sent a frame before the H.264 decoder configuration")
-                self._mp4.write_init(self._avcc)
-            self._mp4.write_fragment(self._pending[:n])
-            del self._pending[:n]
-            self.frames_in_file += n
-            self._cond.notify_all()
+    def _write_fragment(self, frames: list[np.ndarray]) -> None:
+        """Encode ``frames`` and append them to the file as one complete fragment (ftyp + moov first)."""
+        data = self._mux(self._encode(frames))
+        keep = FRAGMENT_BOXES if self.fragments else HEAD_BOXES + FRAGMENT_BOXES
+        boxes = list(iter_boxes(data))
+        kinds = [kind for kind, _ in boxes]
+        if b"moof" not in kinds or (not self.fragments and kinds[:2] != list(HEAD_BOXES)):
+            raise RuntimeError(f"the mp4 muxer wrote an unexpected box layout ({kinds})")
+        out = b"".join(body for kind, body in boxes if kind in keep)
+        self._file.write(out)
+        self._file.flush()
+        self._hash.update(out)
+        self.size_bytes += len(out)
+        self.fragments += 1
+        self.frames_in_file += len(frames)
 
     # ------------------------------------------------------------------ caller's thread
 
-    def _check(self, what: str = "writing") -> None:
-        """Raise the error a background thread met: OSError as it is (disk full...), else with ffmpeg's words."""
-        exc = self._error
-        if exc is None:
-            return
-        if isinstance(exc, OSError):
-            raise exc
-        raise RuntimeError(f"ffmpeg failed while {what} {self.path}: {exc} ({self._ffmpeg_messages()})")
-
-    def _ffmpeg_messages(self) -> str:
-        """ffmpeg's last stderr lines, after waiting briefly for it to exit so that they are complete."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=MESSAGE_WAIT_S)
-        self._threads[2].join(timeout=MESSAGE_WAIT_S)
-        return " | ".join(self._stderr) or f"exit status {self._proc.poll()}"
-
-    def _put(self, item) -> None:
-        """Queue a batch (or the end marker) for the feeder, waiting while the previous one is being fed."""
-        while True:
-            self._check()
-            try:
-                self._inbox.put(item, timeout=POLL_S)
-                return
-            except queue.Full:
-                continue
+    def _wait_job(self) -> None:
+        """Wait for the fragment in flight (re-raising its error)."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()
 
     def append(self, frames: np.ndarray) -> None:
-        """Hand uint8 frames [n, H, W, 3] to the encoder; they reach the file with the next fragment (``flush``)."""
+        """Hand uint8 frames [n, H, W, 3] over; they reach the file with the next fragment (``flush``)."""
         w, h = self.size
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
             raise ValueError(f"expected uint8 frames [n, {h}, {w}, 3], got {frames.dtype} {tuple(frames.shape)}")
-        self._put(np.array(frames, order="C", copy=True))  # the caller may reuse its array
+        if self._closed:
+            raise RuntimeError(f"{self.path} is closed")
+        self._pending.extend(np.array(frames, order="C", copy=True))  # the caller may reuse its array
         for _ in range(len(frames)):
             self.frames_written += 1
             if self.on_frame is not None:
@@ -236,63 +236,45 @@ class Mp4Writer:
 
         Returns the number of frames in complete fragments on disk.
         """
-        self._check()
-        with self._cond:
-            last_end = self._ends[-1] if self._ends else self.frames_in_file
-            if self.frames_written > last_end:
-                self._ends.append(self.frames_written)
-                self._write_ready()
-            while wait and self.frames_in_file < self.frames_written:
-                if self._error is not None or self._encoder_done:
-                    break
-                self._cond.wait(timeout=POLL_S)
-        self._check("encoding")
-        if wait and self.frames_in_file < self.frames_written:
-            raise RuntimeError(f"ffmpeg ended before encoding every frame of {self.path} "
-                               f"({self.frames_in_file} of {self.frames_written}; {self._ffmpeg_messages()})")
+        if self._pending:
+            self._wait_job()               # fragments are written in order, one at a time
+            frames, self._pending = self._pending, []
+            if self.pool is None:
+                self._write_fragment(frames)
+            else:
+                self._job = self.pool.submit(self._write_fragment, frames)
+        if wait:
+            self._wait_job()
         return self.frames_in_file
 
+    def sha256(self) -> str:
+        """Hex SHA-256 of the bytes written so far (the whole file once closed)."""
+        return self._hash.hexdigest()
+
     def close(self) -> None:
-        """Write the remaining frames, stop ffmpeg and finish the file (raises if anything failed)."""
+        """Write the remaining frames and close the file (raises if anything failed)."""
         if self._closed:
             return
         try:
-            self.flush(wait=False)
-            self._put(None)
-            self._threads[0].join()        # the feeder has closed ffmpeg's stdin
-            code = self._proc.wait()
-            self._threads[1].join()        # the reader has written the last fragment
-            self._check("finishing")
-            if code != 0 or self.frames_in_file != self.frames_written:
-                raise RuntimeError(f"ffmpeg failed while finishing {self.path} (exit status {code}, "
-                                   f"{self.frames_in_file} of {self.frames_written} frames; "
-                                   f"{self._ffmpeg_messages()})")
-            self._mp4.finish()
+            self.flush(wait=True)
+            leftover = self._encoder.encode(None)   # zerolatency holds no frames back; this just ends the stream
+            if leftover:
+                raise RuntimeError(f"x264 held {len(leftover)} frames back while writing {self.path}")
         except BaseException:
             self.abort()
             raise
-        self._shutdown()
+        self._closed = True
+        self._file.close()
 
     def abort(self) -> None:
-        """Stop ffmpeg at once and close the file as it is (the caller deletes it)."""
+        """Stop at once and close the file as it is (the caller deletes it)."""
         if self._closed:
             return
-        self._fail(RuntimeError("aborted"))
-        self._proc.kill()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._inbox.get_nowait()
-        self._inbox.put(None)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        """Join the threads and release the process's pipes and the file."""
         self._closed = True
-        self._proc.wait()
-        for thread in self._threads:
-            thread.join()
-        self._proc.stdout.close()
-        self._proc.stderr.close()
+        self._pending = []
+        job, self._job = self._job, None
+        if job is not None and not job.cancel():
+            concurrent.futures.wait([job])     # an encode in progress cannot be interrupted; it is short
         self._file.close()
 
     def __enter__(self) -> "Mp4Writer":
@@ -308,7 +290,7 @@ class Mp4Writer:
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, **kwargs) -> None:
-    """Write uint8 frames [T, H, W, 3] to ``path`` as an mp4."""
+    """Write uint8 frames [T, H, W, 3] to ``path`` as an mp4 (one fragment)."""
     _, h, w, _ = frames.shape
     with Mp4Writer(path, w, h, fps, **kwargs) as writer:
         writer.append(frames)

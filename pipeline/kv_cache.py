@@ -81,8 +81,8 @@ class LayerKVCache:
         self.v[:, self.n:end] = v
         self.t_pos[:, self.n:end] = pos
         self.frame[:, self.n:end] = pos
-        for field in self.aux.values():
-            field[:, self.n:end] = 0
+        for aux in self.aux.values():
+            aux[:, self.n:end] = 0
         self.staged = m
 
     def commit(self) -> None:
@@ -108,8 +108,8 @@ class LayerKVCache:
         self.v[:, :m] = torch.gather(self.v[:, :self.n], 1, gk)
         self.t_pos[:, :m] = torch.gather(self.t_pos[:, :self.n], 1, idx)
         self.frame[:, :m] = torch.gather(self.frame[:, :self.n], 1, idx)
-        for field in self.aux.values():
-            field[:, :m] = torch.gather(field[:, :self.n], 1, idx)
+        for aux in self.aux.values():
+            aux[:, :m] = torch.gather(aux[:, :self.n], 1, idx)
         self.n = m
 
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from app.cli_config import REPO_ROOT, TRAINING_KEYS, CLIError, RunConfig, load_config
-from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, part_path,
+from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, file_record,
+                           part_path,
                            plan_outputs, remove_parts, sanitize, write_json_atomic)
 from app.prompts import PromptJob, load_prompt_jobs, read_lines, shard
 from app.runtime import DistEnv
@@ -252,7 +253,7 @@ def test_check_finished(tmp_path):
     slot.video.write_bytes(b"mp4")
     done, why = check_finished(slot, request)
     assert not done and "sidecar" in why
-    write_json_atomic(slot.sidecar, {"request": request})
+    write_json_atomic(slot.sidecar, {"request": request, "mp4": file_record(slot.video)})
     assert check_finished(slot, request) == (True, "")
     done, why = check_finished(slot, {**request, "seed": 2})
     assert not done and "seed" in why

@@ -2,6 +2,7 @@
 policy selected by name through the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -174,23 +175,21 @@ def test_policy(monkeypatch):
 
     @dataclass
     class NoSinkWindow(policies.SelfForcingWindow):
-        """Test-only: the Self Forcing window with the sink always off."""
+        """Test-only: the Self Forcing window with the sink always off; counts its instances."""
 
         name = "test_no_sink_window"
+        instances = []
 
         def __post_init__(self):
             self.sink_size = 0
             super().__post_init__()
+            NoSinkWindow.instances.append(self)
 
     return NoSinkWindow
 
 
-def test_test_only_policy_selectable_through_the_cli(test_policy, tmp_path, monkeypatch, capsys):
+def test_test_only_policy_selectable_through_the_cli(test_policy, tmp_path, capsys):
     """A CachePolicy subclass defined in a test file is a --mode choice; the run builds it once and uses it."""
-    import app.settings
-    built = []
-    real = app.settings.build_policy
-    monkeypatch.setattr(app.settings, "build_policy", lambda *a, **k: built.append(a) or real(*a, **k))
     prompts = tmp_path / "p.txt"
     prompts.write_text("a lighthouse in a storm\n")
     rc = inference.main(["--demo", "--mode", "test_no_sink_window", "--data_path", str(prompts), "--output_folder",
@@ -199,4 +198,19 @@ def test_test_only_policy_selectable_through_the_cli(test_policy, tmp_path, monk
     [sidecar] = (tmp_path / "out").glob("*.json")
     record = json.loads(sidecar.read_text())
     assert record["mode"] == "test_no_sink_window" and record["cache"]["sink_size"] == 0
-    assert built == [("test_no_sink_window",)]   # built once, in the settings; the runner reuses it
+    assert len(test_policy.instances) == 1   # built once, in the settings; the runner's pipeline uses that one
+
+
+def test_infinite_forcing_yaml_runs_as_self_forcing_window():
+    """Infinite-Forcing's vsink1 file (window 6, sink 1) gives a valid cache with --mode self_forcing."""
+    loaded = config_from_args(args_for("--config_path", str(FAMILY / "self_forcing_dmd_vsink1.yaml"), "--mode",
+                                       "self_forcing"))
+    d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
+    assert (d["mode"], d["local_attn_size"], d["sink_size"]) == ("self_forcing", 6, 1)
+
+
+def test_readme_lists_the_schema_defaults():
+    """The README's table of keys is the schema's defaults (a copy for readers, checked so it cannot drift)."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("The keys and their defaults:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == dataclasses.asdict(RunConfig())

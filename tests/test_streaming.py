@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import queue
-import struct
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from app.runtime import DistEnv
 from app.settings import resolve_settings
 from app.switching import LivePrompts
 from media.video import Mp4Writer, to_uint8
+from mp4_probe import fragments, frame_count, probe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("height=32", "width=32")                 # latent 4x4
@@ -79,25 +79,6 @@ def recorded(monkeypatch):
     return frames
 
 
-def frame_count(path: Path) -> int:
-    """Frames ffmpeg decodes from an mp4 (any name, e.g. a growing .part file)."""
-    import imageio_ffmpeg
-    return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
-
-
-def fragments(path: Path) -> list[tuple[int, int]]:
-    """(sample count, first sample's flags) of every moof fragment of a fragmented mp4."""
-    data, out, pos = path.read_bytes(), [], 0
-    while pos < len(data):
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"moof":
-            trun = data.index(b"trun", pos, pos + size)
-            count, _, first_size, first_flags = struct.unpack(">IiII", data[trun + 8:trun + 24])
-            out.append((count, first_flags))
-        pos += size
-    return out
-
-
 # ---------------------------------------------------------------- streaming output
 
 @pytest.mark.parametrize("mode", ["self_forcing", "deep_sink", "deep_sink_pc"])
@@ -142,8 +123,11 @@ def test_file_is_readable_after_every_chunk(models, tmp_path, tiny_model_files):
         """Check the growing file once the chunk's fragment is written."""
         (out,) = outputs
         assert out.part.name.endswith(".part") and not slots[0].video.exists()
-        out.flush()  # the fragment is written as soon as ffmpeg has encoded the chunk; wait for that
-        seen.append((frame_count(out.part), settings.clock.video_frame(i + 1), len(fragments(out.part))))
+        out.flush()  # the fragment is encoded and written in the background; wait for that
+        info = probe(out.part)
+        seen.append((info["frames"], settings.clock.video_frame(i + 1), len(fragments(out.part))))
+        assert {settings.clock.video_frame(k) for k in range(i + 1)} <= set(info["key_frames"])
+        assert info["pts"] == sorted(set(info["pts"]))  # timestamps run on across fragments
 
     runner.render(job, slots, on_chunk=after_chunk)
     assert seen == [(9, 9, 1), (21, 21, 2), (33, 33, 3), (45, 45, 4)]
@@ -152,24 +136,29 @@ def test_file_is_readable_after_every_chunk(models, tmp_path, tiny_model_files):
     assert frame_count(slots[0].video) == 45
 
 
-def test_mp4_writer_flushes_complete_fragments_and_reports_ffmpeg_errors(tmp_path):
-    """flush(wait=True) puts exactly the appended frames on disk; ffmpeg's complaint surfaces as an error; abort
-    stops ffmpeg."""
+def test_mp4_writer_flushes_complete_fragments(tmp_path):
+    """flush(wait=True) puts exactly the appended frames on disk, each flush one fragment opening on a key frame;
+    the recorded size and SHA-256 are the file's; abort stops at once."""
+    import hashlib
+    from media.video import shared_pool
     frames = np.random.default_rng(0).integers(0, 256, (21, 32, 48, 3), dtype=np.uint8)
     path = tmp_path / "v.mp4"
-    with Mp4Writer(path, 48, 32, 16) as writer:
+    with Mp4Writer(path, 48, 32, 16, pool=shared_pool()) as writer:
         for a, b in ((0, 9), (9, 10), (10, 21)):
             writer.append(frames[a:b])
             assert writer.flush(wait=True) == b and frame_count(path) == b
-    assert [count for count, _ in fragments(path)] == [9, 1, 11] and frame_count(path) == 21
-    with pytest.raises(RuntimeError, match="force_key_frames"):
-        with Mp4Writer(tmp_path / "bad.mp4", 48, 32, 16, keyframes="expr:((") as writer:
-            writer.append(frames[:3])
-            writer.flush(wait=True)
-    writer = Mp4Writer(tmp_path / "aborted.mp4", 48, 32, 16)
+    assert [count for count, _ in fragments(path)] == [9, 1, 11] and {0, 9, 10} <= set(probe(path)["key_frames"])
+    assert all(flags == 0x02000000 for _, flags in fragments(path))  # each fragment opens with a sync frame
+    assert writer.size_bytes == path.stat().st_size and writer.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="expected uint8 frames"):
+        writer = Mp4Writer(tmp_path / "bad.mp4", 48, 32, 16)
+        writer.append(frames[:, :16])
+    writer = Mp4Writer(tmp_path / "aborted.mp4", 48, 32, 16, pool=shared_pool())
     writer.append(frames)
+    writer.flush(wait=False)
     writer.abort()
-    assert writer._proc.poll() is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.append(frames)
 
 
 MEMORY_DRIVER = """
