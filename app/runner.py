@@ -223,8 +223,9 @@ class VideoRunner:
                                                    rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
+            longlive = {} if s.longlive is None else {"global_sink": s.longlive.global_sink}
             chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher, recache=s.recache,
-                                               **({} if s.longlive is None else {"global_sink": s.longlive.global_sink}))
+                                               **longlive)
             stack.callback(chunks.close)
             tick = time.perf_counter()
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]
