@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--no_download", action="store_true", help="never download model files (as HF_HUB_OFFLINE=1)")
     ours.add_argument("--trust_checkpoint", action="store_true", help="load a checkpoint that holds pickled Python "
                       "objects (weights_only=False: this runs code from the file); only for files you trust")
+    ours.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first chunk)")
     ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     long = p.add_argument_group("long videos and prompt switches")
     long.add_argument("--seconds", type=float, default=None, help="video length in seconds instead of "
@@ -135,7 +136,7 @@ def output_plan(settings) -> dict:
 
 def add_missing_latents(mine, plan, todo, settings) -> tuple[list, int]:
     """With --save_latents, finished videos without their latents file are rendered again; returns (todo, redone)."""
-    from media.streaming import latents_path, remove_stale_latents_part
+    from app.streaming import latents_path, remove_stale_latents_part
     pending = {job.index: slots for job, slots in todo}
     redo = 0
     for job in mine:

@@ -22,6 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from utils.errors import CLIError
 from utils.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ logger = logging.getLogger(__name__)
 NOISE_ORDERS = ("upstream", "chunked")   # pipeline.seeded_noise: all initial noise first, or chunk by chunk
 FPS_RANGE = (1.0, 240.0)                 # frame rates the mp4 writer is asked to support
 DEFAULT_SOURCE = "default"               # origin label of a schema default
-
-
-class CLIError(Exception):
-    """A user-facing error: one paragraph saying what is wrong (file / key / value) and what to do."""
 
 
 @dataclass

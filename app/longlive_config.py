@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .cli_config import CLIError
+from utils.errors import CLIError
 
 ADAPTER_KEYS = ("type", "rank", "alpha", "dropout", "dtype", "verbose")
 RECACHE_CHOICES = ("off", "ours", "longlive")

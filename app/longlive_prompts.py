@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_config import CLIError
+from utils.errors import CLIError
 from .prompts import PromptJob
 from .schedule import ChunkClock, PromptSchedule, ScheduleEntry
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli_config import CLIError
+from utils.errors import CLIError
 from .longlive_config import LoraSettings, lora_settings, recache_variant
 from .longlive_prompts import LongLivePrompts, load_longlive_prompts
 from .prompts import PromptJob

@@ -1,7 +1,7 @@
 """Models loaded once, then one prompt at a time: encode -> chunk by chunk (generate, decode, append) -> sidecar.
 
 ``VideoRunner.render(job, slots)`` is the per-prompt step. Every chunk's latents are decoded with the VAE's streaming
-decoder and appended to each sample's mp4 right away (``media.streaming``), so memory does not grow with the length
+decoder and appended to each sample's mp4 right away (``app.streaming``), so memory does not grow with the length
 of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
 chunks (``app.switching``).
 """
@@ -24,6 +24,7 @@ import torch
 from pipeline.causal_inference import CausalInferencePipeline
 from wan.loading import ensure_model_files, load_generator
 from wan.memory import should_offload_text_encoder
+from wan.attention import attention_backend
 from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
@@ -33,7 +34,7 @@ from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
-from media.streaming import SampleOutput
+from app.streaming import SampleOutput
 from .switching import LivePrompts, PromptSwitcher
 from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, encoder_threads, encoder_version
 from utils.frames import video_frames
@@ -89,6 +90,7 @@ class VideoRunner:
                                                                                  vae, pipeline)
         self.progress = progress
         self.versions = package_versions()
+        self.versions["attention_backend"] = attention_backend(model.device, model.dtype)  # fa3 | fa2 | sdpa
         sf = vae.spatial_factor
         if settings.height % sf or settings.width % sf:
             raise CLIError(f"height={settings.height} x width={settings.width} is not divisible by the VAE's "
@@ -114,6 +116,8 @@ class VideoRunner:
                                trust_checkpoint=settings.trust_checkpoint,
                                **({} if lora is None else dict(lora_path=lora.path, lora_alpha=lora.alpha,
                                                                lora_rank=lora.rank)))
+        if settings.compile:
+            model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
         pipeline = CausalInferencePipeline(model, settings.rollout, settings.policy)
         logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)

@@ -81,6 +81,7 @@ class RunSettings:
     interactive: bool = False       # --interactive: prompts typed on stdin switch the video between chunks
     recache_on_switch: bool = False  # at a switch, recompute the cached k/v of retained frames (else keep them)
     trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
+    compile: bool = False           # --compile: CausalWanModel.compile_blocks() after loading
     longlive: LongLiveRun | None = None  # LongLive's LoRA / interactive prompts / re-cache variant (None: unused)
 
     @property
@@ -428,4 +429,5 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
                        vae_temporal=temporal, demo=args.demo, seconds=cfg.seconds, noise_order=noise_order,
                        save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
                        recache_on_switch=bool(args.recache_on_switch),
-                       trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)), longlive=longlive)
+                       trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
+                       compile=bool(getattr(args, "compile", False)), longlive=longlive)

@@ -24,7 +24,8 @@ def markdown(results: dict) -> str:
     lines = [f"# Benchmark: preset `{results['preset']}` on {env['device_name']}", "",
              f"`{results['command']}`", "",
              f"torch {env['torch']}, CUDA {env['cuda']}, diffusers {env['diffusers']}, "
-             f"flash-attn {'yes' if env['flash_attn'] else 'no'}; dtype {results['config']['dtype']}, "
+             f"flash-attn {'yes' if env['flash_attn'] else 'no'} "
+             f"(attention backends {env.get('attention_backend')}); dtype {results['config']['dtype']}, "
              f"{results['config']['height']}x{results['config']['width']}, {geo['num_layers']} layers, "
              f"F = {geo['tokens_per_frame']} tokens/frame, "
              f"KV cache {geo['kv_bytes_per_frame'] / MB:.3f} MB/latent frame",

@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="reduced layer count (smoke runs on real widths)")
     p.add_argument("--resolution", default=None, metavar="HxW", help="override the output resolution, e.g. 96x160")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the per-block parts that do not touch the cache (timed warm-up)")
+                   help="torch.compile every block's query-side parts (CausalWanModel.compile_blocks; timed warm-up)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode when --compile is given")
     p.add_argument("--low-memory", action="store_true",
                    help="initial noise drawn chunk by chunk (LazyNoise: memory independent of length, different "
@@ -94,10 +94,14 @@ def environment(device: torch.device) -> dict:
     """Device, library versions and kernel availability."""
     import diffusers
     import transformers
-    from wan.attention import flash_attn_available
+    from wan.attention import attention_backend, fa2_kernel, fa3_kernel, flash_attn_available
     env = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
            "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-           "flash_attn": flash_attn_available(), "python": platform.python_version(),
+           "flash_attn": flash_attn_available(), "fa3_importable": fa3_kernel() is not None,
+           "fa2_importable": fa2_kernel() is not None,
+           "attention_backend": {str(dt).replace("torch.", ""): attention_backend(device, dt)
+                                 for dt in (torch.bfloat16, torch.float32)} if device.type != "meta" else None,
+           "python": platform.python_version(),
            "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -112,13 +116,8 @@ def environment(device: torch.device) -> dict:
 
 
 def compile_blocks(model, mode: str) -> int:
-    """torch.compile every block's FFN, cross-attention and norms (fixed shapes per chunk); returns modules compiled."""
-    n = 0
-    for blk in model.blocks:
-        for name in ("ffn", "cross_attn", "norm1", "norm2", "norm3"):
-            setattr(blk, name, torch.compile(getattr(blk, name), mode=mode, dynamic=False))
-            n += 1
-    return n
+    """``CausalWanModel.compile_blocks`` (query-side parts of every block, static shapes); returns blocks compiled."""
+    return model.compile_blocks(mode=None if mode == "default" else mode)
 
 
 def _resolve(args):

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 import torch
 
-from app.cli_config import CLIError
+from utils.errors import CLIError
 
 logger = logging.getLogger(__name__)
 

@@ -190,7 +190,10 @@ class CausalInferencePipeline:
 
         Returns x0 of the last step [B, n, C, H, W]; re-noise draws happen after every non-final step, in order.
         """
-        model, ts = self.model, self.timesteps.to(self.model.device)
+        model = self.model
+        if self.timesteps.device != model.device:  # moved once, not copied to the device on every chunk
+            self.timesteps = self.timesteps.to(model.device)
+        ts = self.timesteps
         batch, n = xt.shape[:2]
         x0 = xt
         for j in range(len(ts)):

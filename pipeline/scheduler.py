@@ -13,6 +13,15 @@ class FlowMatchScheduler:
         sigmas = torch.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1]  # float32 [1000]
         self.sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
         self.timesteps = self.sigmas * num_train_timesteps
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, sigmas) [num_train_timesteps] on ``device``, copied there once and kept (no per-call copy)."""
+        tables = self._on_device.get(device)
+        if tables is None:
+            tables = (self.timesteps.to(device), self.sigmas.to(device))
+            self._on_device[device] = tables
+        return tables
 
     def warp(self, steps: list[int]) -> torch.Tensor:
         """Map a denoising step list to scheduler timesteps: ``timesteps[1000 - step]`` (0 maps to 0.0)."""
@@ -21,9 +30,9 @@ class FlowMatchScheduler:
 
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
         """Sigma of the scheduler timestep nearest to each of ``t`` [N] -> float32 [N]."""
-        ts = self.timesteps.to(t.device)
-        idx = torch.argmin((ts.unsqueeze(0) - t.float().unsqueeze(1)).abs(), dim=1)
-        return self.sigmas.to(t.device)[idx]
+        ts, sigmas = self.tables(t.device)  # [1000] each, on t's device
+        idx = torch.argmin((ts.unsqueeze(0) - t.float().unsqueeze(1)).abs(), dim=1)  # [N] device indices
+        return sigmas[idx]
 
     def flow_to_x0(self, flow: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 = xt - sigma(t) * flow, in float64, cast back to flow's dtype. flow/xt [N, ...], t [N]."""

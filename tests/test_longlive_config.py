@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from app.cli_config import CLIError
+from utils.errors import CLIError
 from app.longlive_config import LoraSettings, lora_settings, recache_variant
 
 RELEASED = yaml.safe_load("""

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from app.cli_config import CLIError
+from utils.errors import CLIError
 from app.longlive_prompts import load_longlive_prompts, parse_switch_frame_indices, switch_chunks
 from app.schedule import ChunkClock
 from app.switching import PromptSwitcher

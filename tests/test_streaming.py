@@ -74,7 +74,7 @@ def recorded(monkeypatch):
             frames.setdefault(name, []).append(batch.copy())
             super().append(batch)
 
-    monkeypatch.setattr("media.streaming.Mp4Writer", RecordingWriter)
+    monkeypatch.setattr("app.streaming.Mp4Writer", RecordingWriter)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     return frames
 

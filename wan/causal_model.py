@@ -5,6 +5,7 @@ The model never decides what is cached: self-attention hands its keys and values
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,8 @@ from .attention import attention
 from .config import WanConfig
 from .rope import Rotation, WanRope
 from .state_dict import compare_state_dicts
+
+logger = logging.getLogger(__name__)
 
 
 class SelfAttentionCache(Protocol):
@@ -97,20 +100,29 @@ class CausalSelfAttention(AttentionProjections):
         super().__init__(cfg)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, geo: CallGeometry, layer: int,
-                cache: SelfAttentionCache | None) -> torch.Tensor:
-        """x [B, L, dim] -> [B, L, dim]."""
+    def project(self, x: torch.Tensor, geo: CallGeometry) -> tuple[torch.Tensor, ...]:
+        """Query-side work (no cache): x [B, L, dim] -> (q, k spatially rotated, v) [B, L, H, D]."""
         heads = (self.num_heads, self.head_dim)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
         q = geo.spatial.apply(q)
         k = geo.spatial.apply(k)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo: CallGeometry, layer: int,
+               cache: SelfAttentionCache | None) -> torch.Tensor:
+        """Cache update and attention (the cache-length-dependent part): q/k/v [B, L, H, D] -> [B, L, H, D]."""
         if cache is None:
             keys, values = geo.query_time.apply(k), v
         else:
             keys, values = cache.update(layer, q, k, v, geo.positions, geo.query_time)
-        out = attention(geo.query_time.apply(q), keys, values)
+        return attention(geo.query_time.apply(q), keys, values)
+
+    def forward(self, x: torch.Tensor, geo: CallGeometry, layer: int,
+                cache: SelfAttentionCache | None) -> torch.Tensor:
+        """x [B, L, dim] -> [B, L, dim]."""
+        out = self.attend(*self.project(x, geo), geo, layer, cache)
         return self.o(out.flatten(2))
 
 
@@ -142,22 +154,34 @@ class CausalWanBlock(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / math.sqrt(cfg.dim))
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, geo: CallGeometry, layer: int,
-                text_kv: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache | None) -> torch.Tensor:
-        """x [B, T*F, dim], e [B, T, 6, dim] -> [B, T*F, dim]."""
+    def pre_attention(self, x: torch.Tensor, e: torch.Tensor, geo: CallGeometry) -> tuple[torch.Tensor, ...]:
+        """Query-side work before the cache: modulation and q/k/v. x [B, T*F, dim], e [B, T, 6, dim] ->
+        (q, k, v [B, T*F, H, D], gate1, shift2, scale2, gate2 [B, T, 1, dim])."""
         frames = (geo.num_frames, geo.tokens_per_frame)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)  # [B,T,1,dim]
+        h = (self.norm1(x).unflatten(1, frames) * (1 + scale1) + shift1).flatten(1, 2)  # [B, T*F, dim]
+        return (*self.self_attn.project(h, geo), gate1, shift2, scale2, gate2)
 
-        def modulate(h, shift, scale):
-            return (h.unflatten(1, frames) * (1 + scale) + shift).flatten(1, 2)
-
-        def gated(h, gate):
-            return (h.unflatten(1, frames) * gate).flatten(1, 2)
-
-        x = x + gated(self.self_attn(modulate(self.norm1(x), shift1, scale1), geo, layer, cache), gate1)
+    def post_attention(self, x: torch.Tensor, out: torch.Tensor, geo: CallGeometry,
+                       text_kv: tuple[torch.Tensor, torch.Tensor], gate1: torch.Tensor, shift2: torch.Tensor,
+                       scale2: torch.Tensor, gate2: torch.Tensor) -> torch.Tensor:
+        """Query-side work after attention: output projection, cross-attention, FFN. out [B, T*F, H, D] -> x."""
+        frames = (geo.num_frames, geo.tokens_per_frame)
+        x = x + (self.self_attn.o(out.flatten(2)).unflatten(1, frames) * gate1).flatten(1, 2)
         x = x + self.cross_attn(self.norm3(x), text_kv)
-        x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
-        return x
+        h = (self.norm2(x).unflatten(1, frames) * (1 + scale2) + shift2).flatten(1, 2)
+        return x + (self.ffn(h).unflatten(1, frames) * gate2).flatten(1, 2)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, geo: CallGeometry, layer: int,
+                text_kv: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache | None) -> torch.Tensor:
+        """x [B, T*F, dim], e [B, T, 6, dim] -> [B, T*F, dim].
+
+        Split in three so that the query-side parts (static shapes per chunk) can be compiled
+        (``CausalWanModel.compile_blocks``) while the cache update and attention, whose key length varies, stay eager.
+        """
+        q, k, v, *mods = self.pre_attention(x, e, geo)
+        out = self.self_attn.attend(q, k, v, geo, layer, cache)  # [B, T*F, H, D]
+        return self.post_attention(x, out, geo, text_kv, *mods)
 
 
 class Head(nn.Module):
@@ -191,6 +215,7 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList([CausalWanBlock(cfg, self.rope) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
         self._spatial_angles: dict[tuple, torch.Tensor] = {}
+        self.compiled: dict | None = None  # set by compile_blocks
 
     @property
     def dtype(self) -> torch.dtype:
@@ -201,6 +226,21 @@ class CausalWanModel(nn.Module):
     def device(self) -> torch.device:
         """Parameter device."""
         return self.patch_embedding.weight.device
+
+    def compile_blocks(self, backend: str = "inductor", mode: str | None = None) -> int:
+        """torch.compile every block's query-side parts (``pre_attention``, ``post_attention``); returns blocks done.
+
+        Their shapes depend only on the chunk (batch, frames per chunk, tokens per frame), so they are compiled with
+        static shapes (``dynamic=False``); the cache update and attention, whose key length changes as the cache
+        fills, stay eager (the flash/SDPA kernel is one call anyway). All blocks share the same code, so one graph
+        per part and chunk shape is compiled and reused by every block. Results equal eager within float rounding.
+        """
+        for blk in self.blocks:
+            blk.pre_attention = torch.compile(blk.pre_attention, backend=backend, mode=mode, dynamic=False)
+            blk.post_attention = torch.compile(blk.post_attention, backend=backend, mode=mode, dynamic=False)
+        self.compiled = {"backend": backend, "mode": mode, "blocks": len(self.blocks)}
+        logger.info("torch.compile (%s, mode=%s) of %d blocks' query-side parts", backend, mode, len(self.blocks))
+        return len(self.blocks)
 
     def encode_text(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Prompt embeddings [B, text_len, text_dim] -> per-layer cross-attention (k, v), computed once per prompt."""
@@ -220,7 +260,11 @@ class CausalWanModel(nn.Module):
             frame_positions = torch.arange(start_frame, start_frame + num_frames, device=self.device)
         pos = frame_positions.to(self.device, torch.long).repeat_interleave(F)
         spatial = self.rope.spatial_rotation(self._spatial_angles[key], num_frames, self.dtype)
-        return CallGeometry(num_frames, F, pos, spatial, self.rope.time_rotation(pos - base, self.dtype))
+        query_time = self.rope.time_rotation(pos - base, self.dtype)
+        if self.compiled is not None:  # compiled blocks rotate in real arithmetic (no complex kernels there)
+            spatial.prepare_real()
+            query_time.prepare_real()
+        return CallGeometry(num_frames, F, pos, spatial, query_time)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_kv: list[tuple[torch.Tensor, torch.Tensor]],
                 cache: SelfAttentionCache | None = None, start_frame: int = 0,

@@ -32,14 +32,32 @@ class Rotation:
         self.dtype = dtype
         self.first_pair = first_pair
         self.num_pairs = angles.shape[-1]
+        self.cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None  # real form, see ``prepare_real``
+
+    def prepare_real(self) -> "Rotation":
+        """Also keep the rotation as real (cos, sin) [B|1, n, 1, P], used inside ``torch.compile``d code, where
+        complex kernels are not generated (Inductor falls back to eager for them). Returns self."""
+        self.cos_sin = (self.table.real.contiguous(), self.table.imag.contiguous())
+        return self
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotated copy of ``x`` [B, n, H, D]; channels outside the rotated pairs are copied unchanged."""
+        if self.cos_sin is not None and torch.compiler.is_compiling():
+            return self._apply_real(x)
         out = x.clone()
         seg = out.unflatten(-1, (-1, 2))[..., self.first_pair:self.first_pair + self.num_pairs, :]  # view into out
         rotated = torch.view_as_complex(seg.to(self.dtype).contiguous()) * self.table
         seg.copy_(torch.view_as_real(rotated))
         return out
+
+    def _apply_real(self, x: torch.Tensor) -> torch.Tensor:
+        """``apply`` in real arithmetic (equal up to rounding): (a + ib)(c + is) = (ac - bs) + i(as + bc)."""
+        cos, sin = self.cos_sin
+        lo, hi = 2 * self.first_pair, 2 * (self.first_pair + self.num_pairs)
+        pairs = x[..., lo:hi].unflatten(-1, (-1, 2)).to(self.dtype)  # [B, n, H, P, 2]
+        a, b = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)  # [B,n,H,2P]
+        return torch.cat([x[..., :lo], rotated, x[..., hi:]], dim=-1)
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor, first_pair: int) -> torch.Tensor:
@@ -57,18 +75,29 @@ class WanRope:
         self.inv_freq_t = _inv_freq(self.time_dim, theta)
         self.inv_freq_h = _inv_freq(hw, theta)
         self.inv_freq_w = _inv_freq(hw, theta)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(time, height, width) inverse frequencies on ``device``, copied there once and kept (no per-call copy)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        tables = self._on_device.get(device)
+        if tables is None:
+            tables = tuple(t.to(device) for t in (self.inv_freq_t, self.inv_freq_h, self.inv_freq_w))
+            self._on_device[device] = tables
+        return tables
 
     def time_angles(self, pos: torch.Tensor) -> torch.Tensor:
         """Angles of the time pairs for integer positions ``pos`` [..., n] -> float64 [..., n, time_pairs]."""
-        inv = self.inv_freq_t.to(pos.device)
+        inv = self.tables(pos.device)[0]  # [time_pairs] float64, already on pos's device
         return pos.to(torch.float64).unsqueeze(-1) * inv
 
     def spatial_angles(self, height: int, width: int, device=None) -> torch.Tensor:
         """Angles of the height and width pairs for one frame's tokens (row-major) -> float64 [h*w, hw_pairs]."""
         rows = torch.arange(height, dtype=torch.float64, device=device)
         cols = torch.arange(width, dtype=torch.float64, device=device)
-        ah = torch.outer(rows, self.inv_freq_h.to(device))  # [h, Ph]
-        aw = torch.outer(cols, self.inv_freq_w.to(device))  # [w, Pw]
+        _, inv_h, inv_w = self.tables(rows.device)
+        ah = torch.outer(rows, inv_h)  # [h, Ph]
+        aw = torch.outer(cols, inv_w)  # [w, Pw]
         ah = ah[:, None, :].expand(height, width, -1)
         aw = aw[None, :, :].expand(height, width, -1)
         return torch.cat([ah, aw], dim=-1).reshape(height * width, -1)

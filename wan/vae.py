@@ -144,6 +144,8 @@ class WanVAE:
             raise ValueError(f"latents must be [B, T, {self.z_dim}, h, w], got {tuple(latents.shape)}")
         z = latents.permute(0, 2, 1, 3, 4).to(self.device)  # [B, C, T, h, w]
         shape = (1, self.z_dim, 1, 1, 1)
+        if self.latents_mean.device != z.device:  # moved once, not copied to the device on every decode
+            self.latents_mean, self.latents_std = self.latents_mean.to(z.device), self.latents_std.to(z.device)
         mean = self.latents_mean.to(device=z.device, dtype=z.dtype).view(shape)
         inv_std = 1.0 / self.latents_std.to(device=z.device, dtype=z.dtype).view(shape)
         return (z / inv_std + mean).to(self.dtype)

@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from app.locks import VideoLock
-from app.outputs import OutputSlot, atomic_path, part_path
-from .video import Mp4Writer, shared_pool, to_uint8
+from media.video import Mp4Writer, shared_pool, to_uint8
+
+from .locks import VideoLock
+from .outputs import OutputSlot, atomic_path, part_path
 
 logger = logging.getLogger(__name__)
 

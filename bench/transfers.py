@@ -1,0 +1,140 @@
+"""Count host<->device transfers of a piece of code with a ``TorchDispatchMode``.
+
+Every ATen call is inspected: a transfer is an op whose tensor arguments live on more than one device (a host
+tensor read by a device kernel, e.g. ``copy_`` from the CPU or indexing a device tensor with a host index), or a
+``_to_copy`` whose output device differs from its input's. Run the model on the ``meta`` device and a host read
+(``.item()``, ``bool(t)``, ``.tolist()``) fails outright, so both kinds of sync are caught on a machine without a GPU.
+
+``python -m bench.transfers`` prints the count per chunk of a tiny model on the meta device for every mode.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+@dataclass
+class TransferLog:
+    """Transfers seen: total ``count`` and ``ops`` (op name -> count)."""
+
+    count: int = 0
+    ops: Counter = field(default_factory=Counter)
+
+    sites: Counter = field(default_factory=Counter)
+
+    def add(self, name: str, site: str | None = None) -> None:
+        """Record one transfer by op ``name`` (at source line ``site`` when known)."""
+        self.count += 1
+        self.ops[name] += 1
+        if site:
+            self.sites[site] += 1
+
+
+class CountTransfers(TorchDispatchMode):
+    """Dispatch mode counting ops that move data between devices (see the module docstring)."""
+
+    def __init__(self, where: bool = False):
+        super().__init__()
+        self.log = TransferLog()
+        self.where = where
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """Inspect the op's tensor arguments, run it, compare its output device for copies."""
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        devices = {t.device for t in flat if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        name = str(func.overloadpacket.__name__)
+        moved = len(devices) > 1
+        if not moved and devices and name in ("_to_copy", "copy", "_copy_from", "_copy_from_and_resize"):
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            moved = any(o.device not in devices for o in outs)
+        if moved:
+            self.log.add(name, _site() if self.where else None)
+        return out
+
+
+def _site() -> str:
+    """``file:line`` of the innermost caller frame in the project (not torch, not this module)."""
+    import traceback
+    for frame in reversed(traceback.extract_stack()):
+        if "/torch/" not in frame.filename and not frame.filename.endswith("transfers.py"):
+            return f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+    return "?"
+
+
+def count_transfers(fn, *args, **kwargs) -> tuple[object, TransferLog]:
+    """(result of ``fn(*args, **kwargs)``, transfers it made)."""
+    with CountTransfers() as mode:
+        result = fn(*args, **kwargs)
+    return result, mode.log
+
+
+def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, where: bool = False) -> list[TransferLog]:
+    """Transfers made by each chunk of ``pipe.iter_chunks`` (the generator is advanced under the counter)."""
+    it = pipe.iter_chunks(text, noise, renoise)
+    logs = []
+    while True:
+        with CountTransfers(where) as mode:
+            try:
+                next(it)
+            except StopIteration:
+                break
+        logs.append(mode.log)
+    return logs
+
+
+def decode_transfers(vae, latents: torch.Tensor, chunks: int) -> list[TransferLog]:
+    """Transfers made by each of ``chunks`` streaming decodes of ``latents`` [B, t, C, h, w]."""
+    decoder = vae.stream_decoder()
+    logs = []
+    for _ in range(chunks):
+        with CountTransfers() as mode:
+            decoder.decode_chunk(latents)
+        logs.append(mode.log)
+    return logs
+
+
+def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False) -> list[TransferLog]:
+    """Per-chunk transfers of the CPU preset's tiny model on the meta device in cache ``mode``."""
+    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+
+    from .measure import noise_source
+    from .modes import make_policy
+    from .presets import build_random_model, get_preset
+    preset = get_preset("cpu").with_overrides(device="meta")
+    model = build_random_model(preset)
+    pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+    cfg = model.config
+    text = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
+    noise = torch.randn(1, latent_frames, *preset.latent_shape, device="meta")
+    return chunk_transfers(pipe, text, noise, noise_source(torch.device("meta"), 0), where)
+
+
+def main(argv=None) -> int:
+    """CLI: transfers per chunk on the meta device for each mode (and per streaming VAE decode)."""
+    from .presets import MODES
+    p = argparse.ArgumentParser(prog="python -m bench.transfers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--latent-frames", type=int, default=30)
+    p.add_argument("--where", action="store_true", help="also list the source lines of the transfers")
+    args = p.parse_args(argv)
+    for mode in args.modes:
+        logs = meta_rollout_transfers(mode, args.latent_frames, args.where)
+        counts = [log.count for log in logs]
+        ops = sum((log.ops for log in logs[1:]), Counter())
+        sys.stdout.write(f"{mode}: per chunk {counts}; ops after the first chunk {dict(ops)}\n")
+        if args.where:
+            sites = sum((log.sites for log in logs[1:]), Counter())
+            sys.stdout.write("".join(f"  {n:5d}  {s}\n" for s, n in sites.most_common()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

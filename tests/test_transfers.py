@@ -1,0 +1,61 @@
+"""No host<->device transfer and no host read in a steady chunk, in every cache mode (issue: speed, item 1).
+
+The tiny model runs on the meta device: a host read (``.item()``, ``bool(t)``) fails there, and the dispatch mode of
+``bench.transfers`` counts every op that mixes devices or copies between them (each is a blocking sync on CUDA).
+"""
+import pytest
+import torch
+
+from bench.presets import MODES, get_preset
+from bench.transfers import CountTransfers, count_transfers, decode_transfers, meta_rollout_transfers
+from pipeline.scheduler import FlowMatchScheduler
+from wan.rope import WanRope
+
+
+def test_counter_sees_host_to_device_copies_and_host_index_lookups():
+    x = torch.zeros(4, device="meta")
+    host = torch.arange(4)
+    _, log = count_transfers(lambda: (host.to("meta"), x[torch.tensor([0, 1])], x + 1))
+    assert log.count == 2 and set(log.ops) == {"_to_copy", "index"}
+
+
+def test_meta_device_rejects_host_reads():
+    with pytest.raises(Exception):
+        torch.zeros(1, device="meta").item()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_steady_chunks_make_no_transfers(mode):
+    # 30 latent frames = 10 chunks: the 21-frame window is full from chunk 7 on, so the steady chunks include
+    # evictions (self_forcing, deep_sink) and Participative Compression rebuilds (deep_sink_pc).
+    logs = meta_rollout_transfers(mode, latent_frames=30)
+    assert len(logs) == 10
+    assert [log.count for log in logs[1:]] == [0] * 9, [dict(log.ops) for log in logs]
+
+
+def test_streaming_vae_decode_makes_no_transfers_after_the_first():
+    from bench.vae import BenchVAE
+    preset = get_preset("cpu")
+    vae = BenchVAE(preset.vae, torch.float32, "meta")
+    latents = torch.randn(1, 3, *preset.latent_shape, device="meta")
+    assert [log.count for log in decode_transfers(vae.vae, latents, 3)[1:]] == [0, 0]
+
+
+def test_lookup_tables_are_copied_to_a_device_once():
+    rope, sched = WanRope(12), FlowMatchScheduler()
+    pos, t = torch.arange(6, device="meta"), torch.zeros(3, device="meta")
+    rope.time_angles(pos)
+    sched.sigma_at(t)
+    with CountTransfers() as mode:
+        rope.time_angles(pos)
+        rope.spatial_angles(2, 3, "meta")
+        sched.sigma_at(t)
+    assert mode.log.count == 0
+
+
+def test_tables_on_the_cpu_give_the_same_values():
+    rope, sched = WanRope(12), FlowMatchScheduler()
+    pos = torch.arange(5)
+    assert torch.equal(rope.time_angles(pos), pos.double()[:, None] * rope.inv_freq_t)
+    t = sched.warp([1000, 750, 500, 250])
+    assert torch.equal(sched.sigma_at(t), sched.sigmas[torch.tensor([0, 250, 500, 750])])
