@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config_path", default=None, help="YAML config merged over the defaults (sink 10, window 21); "
                     "the shipped ones are configs/self_forcing_dmd/self_forcing_dmd_sink{0..21}.yaml")
     up.add_argument("--checkpoint_path", default=None, help="Self Forcing checkpoint (default "
-                    "checkpoints/self_forcing_dmd.pt, downloaded on first use)")
+                    "checkpoints/self_forcing_dmd.pt, downloaded on first use; a LongLive config's generator_ckpt)")
     up.add_argument("--data_path", default=None, help="prompt file (one per line), folder of line_XXXX.txt files, "
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     long.add_argument("--recache_on_switch", action="store_true", help="at a prompt switch, recompute the cached "
                       "keys/values of the frames still in the cache under the new prompt (LongLive-style); default: "
                       "keep them (training-free)")
+    long.add_argument("--recache_variant", default=None, choices=("off", "ours", "longlive"), help="the re-cache at "
+                      "a switch: ours (as --recache_on_switch), longlive (LongLive's, as released: the last window "
+                      "frames, the sink kept when the config's global_sink is true) or off; default: longlive with "
+                      "switch_frame_indices, else --recache_on_switch")
     cf = p.add_argument_group("image-to-video (Causal Forcing frame-wise models)")
     cf.add_argument("--i2v", action="store_true", default=None, help="image-to-video (key i2v): --image is the first "
                     "frame of every video, the prompts describe the motion; needs num_frame_per_block=1")

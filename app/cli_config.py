@@ -39,7 +39,7 @@ class ModelKwargs:
     timestep_shift: float = 5.0
     local_attn_size: int = 21            # cache window L in latent frames (-1: global, capped at 21)
     sink_size: int = 10                  # sink frames S
-    use_infinite_attention: bool = False  # LongLive's infinite mode (not supported yet)
+    use_infinite_attention: bool = False  # LongLive's infinite mode: cache mode infinite_forcing unless a mode is set
 
 
 @dataclass
@@ -79,11 +79,13 @@ class RunConfig:
     # (--i2v --image PATH; frame-wise models only)
     denoising_step_list_first_chunk: Optional[List[int]] = None
     i2v: bool = False
-    # features of the family that are not wired yet: any value other than the default is an error (UNSUPPORTED)
+    # LongLive (app.longlive_settings): LoRA merged at load time, interactive switches, its re-cache's sink choice
     lora_ckpt: Optional[str] = None
-    adapter: Optional[Any] = None
-    global_sink: bool = False
-    switch_frame_indices: Optional[Any] = None
+    adapter: Optional[Any] = None        # {type: lora, rank, alpha, dropout, dtype, verbose}; alpha null = rank
+    global_sink: bool = False            # LongLive's re-cache keeps the first sink (true, as released) or not
+    switch_frame_indices: Optional[Any] = None  # latent frames: int, "40, 80" or a list; needs a .jsonl data_path
+    generator_ckpt: Optional[str] = None  # read only by LongLive configs: the checkpoint (--checkpoint_path wins)
+    data_path: Optional[str] = None      # read only by LongLive configs: the prompts (--data_path wins)
     inference_iter: int = -1
     model_name: str = "Wan2.1-T2V-1.3B"
 
@@ -94,13 +96,14 @@ CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.s
               "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc",
               "sink_gap": "sink_gap"}
 
-# Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed, data_path,
-# generator_ckpt) that mean nothing here: dropped when a file is read, logged at debug level.
+# Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed) that mean
+# nothing here: dropped when a file is read, logged at debug level. (data_path and generator_ckpt are schema keys read
+# only by LongLive configs.)
 TRAINING_KEYS = frozenset({
-    "trainer", "distribution_loss", "real_name", "fake_name", "generator_ckpt", "generator_fsdp_wrap_strategy",
+    "trainer", "distribution_loss", "real_name", "fake_name", "generator_fsdp_wrap_strategy",
     "real_score_fsdp_wrap_strategy", "fake_score_fsdp_wrap_strategy", "text_encoder_fsdp_wrap_strategy",
     "mixed_precision", "sharding_strategy", "seed", "wandb_host", "wandb_key", "wandb_entity", "wandb_project",
-    "lr", "lr_critic", "beta1", "beta2", "beta1_critic", "beta2_critic", "data_path", "batch_size", "ema_weight",
+    "lr", "lr_critic", "beta1", "beta2", "beta1_critic", "beta2_critic", "batch_size", "ema_weight",
     "ema_start_step", "total_batch_size", "log_iters", "negative_prompt", "dfake_gen_update_ratio",
     "image_or_video_shape", "guidance_scale", "real_guidance_scale", "fake_guidance_scale", "num_training_frames",
     "same_step_across_blocks", "last_step_only", "gradient_checkpointing", "gc_interval", "load_raw_video",
@@ -112,12 +115,6 @@ TRAINING_KEYS = frozenset({
 # Feature keys not wired yet: key -> (the feature, what to do). A value other than the schema default is an error.
 # Each entry is removed by the change that wires its feature.
 UNSUPPORTED = {
-    "lora_ckpt": ("LongLive's LoRA weights", "remove lora_ckpt and adapter"),
-    "adapter": ("LongLive's LoRA adapter", "remove lora_ckpt and adapter"),
-    "global_sink": ("LongLive's re-cache with a global sink", "remove global_sink (our re-cache is "
-                    "--recache_on_switch)"),
-    "switch_frame_indices": ("LongLive's prompt switches at frame indices", "use --prompt_schedule instead"),
-    "model_kwargs.use_infinite_attention": ("LongLive's infinite attention", "remove use_infinite_attention"),
     "inference_iter": ("a limit on the number of prompts (LongLive's inference_iter)", "pass a shorter prompt "
                        "file"),
     "model_name": ("a base model other than Wan2.1-T2V-1.3B", "use a Wan2.1-T2V-1.3B model"),

@@ -111,8 +111,11 @@ class VideoRunner:
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
+        lora = settings.longlive.lora if settings.longlive is not None else None
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
-                               trust_checkpoint=settings.trust_checkpoint)
+                               trust_checkpoint=settings.trust_checkpoint,
+                               **({} if lora is None else dict(lora_path=lora.path, lora_alpha=lora.alpha,
+                                                               lora_rank=lora.rank)))
         if settings.compile:
             model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
@@ -137,7 +140,9 @@ class VideoRunner:
     def switcher(self, job: PromptJob, live: LivePrompts | None, timings: dict) -> PromptSwitcher | None:
         """The prompt-switch callback of one video (None when prompts cannot change)."""
         s = self.settings
-        if s.schedule is None and live is None:
+        schedule = s.longlive.schedule(job, s.clock) if s.longlive is not None else None
+        schedule = schedule or s.schedule
+        if schedule is None and live is None:
             return None
 
         def encode(text: str) -> torch.Tensor:
@@ -148,7 +153,7 @@ class VideoRunner:
             timings["switch_text_encoder"] = timings.get("switch_text_encoder", 0.0) + time.perf_counter() - t0
             return embeds
 
-        return PromptSwitcher(s.clock, encode, job.text, schedule=s.schedule, live=live, endless=s.endless)
+        return PromptSwitcher(s.clock, encode, job.text, schedule=schedule, live=live, endless=s.endless)
 
     def outputs(self, slots: list[OutputSlot]) -> list[SampleOutput]:
         """One streaming output per slot; every chunk is a fragment starting with a key frame."""
@@ -177,7 +182,8 @@ class VideoRunner:
             "codec": CODEC, "pixel_format": PIXEL_FORMAT, "crf": DEFAULT_CRF, "container": CONTAINER,
             "x264_tune": TUNE, VIDEO_RECORD: video,
             "prompt_schedule": schedule, "interactive": s.interactive,
-            "recache_on_switch": s.recache_on_switch if s.switches_possible else None,
+            "recache_on_switch": bool(s.recache) if s.switches_possible else None,
+            "longlive": s.longlive.request(job) if s.longlive is not None else None,
             "prompt_switches": switcher.switches if switcher is not None else [],
             "stopped_early": bool(switcher is not None and switcher.stopped),
             "latents": latents.name if latents is not None else None,
@@ -223,8 +229,9 @@ class VideoRunner:
                                                    rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
-            chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher,
-                                               recache=s.recache_on_switch, image_latent=image)
+            longlive = {} if s.longlive is None else {"global_sink": s.longlive.global_sink}
+            chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher, recache=s.recache,
+                                               image_latent=image, **longlive)
             stack.callback(chunks.close)
             tick = time.perf_counter()
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]

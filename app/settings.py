@@ -30,6 +30,7 @@ from utils.paths import REPO_ROOT
 
 from .image_input import ImageInput
 from .cli_config import CACHE_KEYS, CLIError, Layer, LoadedConfig, get, load_config, rollout_params
+from .longlive_settings import LongLiveRun, default_longlive_mode, longlive_paths, resolve_longlive
 from .prompts import PromptJob, load_prompt_jobs
 from .runtime import DistEnv, dtype_name, resolve_device, resolve_dtype
 from .schedule import ChunkClock, PromptSchedule, latent_frames_for_seconds, load_schedule
@@ -83,6 +84,7 @@ class RunSettings:
     trust_checkpoint: bool = False  # --trust_checkpoint: the checkpoint may hold pickled Python objects
     compile: bool = False           # --compile: CausalWanModel.compile_blocks() after loading
     image: ImageInput | None = None  # --i2v --image: the first frame of every video (image-to-video)
+    longlive: LongLiveRun | None = None  # LongLive's LoRA / interactive prompts / re-cache variant (None: unused)
 
     @property
     def endless(self) -> bool:
@@ -102,7 +104,13 @@ class RunSettings:
     @property
     def switches_possible(self) -> bool:
         """Whether prompts can change during a video (a schedule or --interactive)."""
-        return self.schedule is not None or self.interactive
+        return self.schedule is not None or self.interactive or (self.longlive is not None
+                                                                  and self.longlive.prompts is not None)
+
+    @property
+    def recache(self) -> "bool | str":
+        """``iter_chunks``' re-cache variant: False, "ours" or "longlive"."""
+        return self.longlive.recache if self.longlive is not None else self.recache_on_switch
 
     def request(self, job: PromptJob, sample: int) -> dict:
         """What makes a video what it is; a finished video is skipped only if its sidecar has the same request.
@@ -125,9 +133,11 @@ class RunSettings:
         if self.interactive:
             out["interactive"] = True
         if self.switches_possible:
-            out["recache_on_switch"] = self.recache_on_switch
+            out["recache_on_switch"] = bool(self.recache)
         if self.image is not None:
             out.update(self.image.request())  # the image's SHA-256: a changed image renders the video again
+        if self.longlive is not None:
+            out.update(self.longlive.request(job))
         return out
 
 
@@ -326,14 +336,18 @@ def _check_checkpoint_entry(checkpoint: Path, use_ema: bool, trust: bool = False
     del state
 
 
-def _model_files(wan_model_dir: str, checkpoint_path: str, download_allowed: bool) -> tuple[Path, Path, bool]:
-    """(model folder, checkpoint, download needed); CLIError when files are missing and will not be downloaded."""
+def _model_files(wan_model_dir: str, checkpoint_path: str, download_allowed: bool,
+                 checkpoint_ready: bool = False) -> tuple[Path, Path, bool]:
+    """(model folder, checkpoint, download needed); CLIError when files are missing and will not be downloaded.
+
+    ``checkpoint_ready``: the checkpoint was fetched already (LongLive's), so the default Wan folder may be too."""
     model_dir, checkpoint = resolve_path(wan_model_dir), resolve_path(checkpoint_path)
     try:
         check_model_files(model_dir, checkpoint)
         return model_dir, checkpoint, False
     except ModelFilesError as exc:
-        defaults = str(wan_model_dir) == DEFAULT_WAN_MODEL_DIR and str(checkpoint_path) == DEFAULT_CHECKPOINT
+        defaults = str(wan_model_dir) == DEFAULT_WAN_MODEL_DIR and (checkpoint_ready
+                                                                     or str(checkpoint_path) == DEFAULT_CHECKPOINT)
         if defaults and download_allowed:
             logger.info("model files missing (%s); they will be downloaded from the Hugging Face hub", exc)
             return model_dir, checkpoint, True
@@ -384,6 +398,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     folder); raise CLIError on the first problem."""
     check_flags(args, dist)
     loaded = config_from_args(args)
+    default_longlive_mode(loaded)
     cfg = loaded.cfg
     rollout = build_rollout(loaded)
     policy = build_cache_policy(loaded, rollout.num_frame_per_block)
@@ -404,13 +419,23 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     _check_memory(loaded, num_frames, (arch.in_dim, cfg.height // spatial, cfg.width // spatial), dtype, device,
                   noise_order, bool(args.save_latents))
     schedule = load_schedule(args.prompt_schedule, clock, num_frames) if args.prompt_schedule else None
-    data_path = args.data_path or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
-    jobs = [_schedule_job(schedule)] if schedule else load_prompt_jobs(data_path, args.extended_prompt_path)
+    longlive_checkpoint, longlive_data = longlive_paths(cfg, args.checkpoint_path, args.data_path)
+    data_path = args.data_path or longlive_data or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
+    longlive = resolve_longlive(cfg, loaded.origin, data_path, args.recache_variant, bool(args.recache_on_switch),
+                                clock, num_frames)
+    if longlive is not None and longlive.prompts is not None:
+        if schedule or args.interactive:
+            raise CLIError(f"{loaded.origin('switch_frame_indices')}: switch_frame_indices (LongLive's prompt "
+                           f"switches) cannot be combined with --prompt_schedule or --interactive; use one way of "
+                           f"switching prompts per run.")
+        jobs = longlive.prompts.jobs()
+    else:
+        jobs = [_schedule_job(schedule)] if schedule else load_prompt_jobs(data_path, args.extended_prompt_path)
     if num_frames is None and len(jobs) != 1:
         raise CLIError(f"--endless renders one video, but {data_path} holds {len(jobs)} prompts; pass a prompt "
                        f"file with the one opening prompt.")
     image = _image_input(loaded, args, rollout, num_frames)
-    if args.recache_on_switch and not (schedule or args.interactive):
+    if args.recache_on_switch and not (schedule or args.interactive or (longlive and longlive.prompts)):
         logger.warning("--recache_on_switch only matters with --prompt_schedule or --interactive; ignored")
     output_folder = Path(cfg.output_folder)
     _check_output_folder(output_folder)
@@ -418,9 +443,13 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     # inputs are fine: now the model files (--demo writes its tiny model first)
     wan_model_dir, checkpoint_path = (_demo_model(args, stack or contextlib.ExitStack()) if args.demo else
                                       (args.wan_model_dir or DEFAULT_WAN_MODEL_DIR,
-                                       args.checkpoint_path or DEFAULT_CHECKPOINT))
+                                       args.checkpoint_path or longlive_checkpoint or DEFAULT_CHECKPOINT))
     download_allowed = not (args.demo or args.no_download or _env_offline())
-    model_dir, checkpoint, download = _model_files(wan_model_dir, checkpoint_path, download_allowed)
+    longlive_ckpt = longlive is not None and longlive.lora is not None
+    if longlive_ckpt:  # LongLive's checkpoint and LoRA: fetched now when missing and allowed
+        from wan.longlive_hub import ensure_longlive_files
+        ensure_longlive_files(checkpoint_path, longlive.lora.path, download=download_allowed)
+    model_dir, checkpoint, download = _model_files(wan_model_dir, checkpoint_path, download_allowed, longlive_ckpt)
     if not download:
         _check_checkpoint_entry(checkpoint, cfg.use_ema, bool(getattr(args, "trust_checkpoint", False)))
     return RunSettings(config=loaded.to_dict(), config_path=args.config_path, mode=cfg.mode, policy=policy,
@@ -433,4 +462,4 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
                        save_latents=bool(args.save_latents), schedule=schedule, interactive=bool(args.interactive),
                        recache_on_switch=bool(args.recache_on_switch),
                        trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)), image=image,
-                       compile=bool(getattr(args, "compile", False)))
+                       compile=bool(getattr(args, "compile", False)), longlive=longlive)

@@ -20,7 +20,7 @@ from .scheduler import FlowMatchScheduler
 
 from .kv_cache import KVCache
 from .policies import CachePolicy
-from .recache import CleanLatentStore, mark_token_slots, recache_kv
+from .recache import mark_token_slots, recache_store
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class CausalInferencePipeline:
     @torch.no_grad()
     def iter_chunks(self, prompt_embeds: torch.Tensor, noise: "torch.Tensor | TensorNoise | LazyNoise",
                     renoise: NoiseSource | torch.Generator, prompt_switch: PromptSwitch | None = None,
-                    recache: bool = False, image_latent: torch.Tensor | None = None
+                    recache: bool | str = False, global_sink: bool = True,
+                    image_latent: torch.Tensor | None = None
                     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (chunk index, first frame, x0 [B, num_frames, C, H, W]) chunk by chunk.
 
@@ -164,7 +165,9 @@ class CausalInferencePipeline:
         or a ``TensorNoise`` / ``LazyNoise`` (``num_frames=None``: endless, stop iterating when done).
         ``prompt_switch(i, f)`` is asked before every chunk after the first; when it returns embeddings, the
         cross-attention keys/values are recomputed for them, and with ``recache`` the cached keys/values of the
-        retained frames are recomputed under the new prompt (see ``pipeline.recache``).
+        retained frames are recomputed under the new prompt (see ``pipeline.recache``): ``recache`` True or "ours"
+        recomputes every cached frame at its position, "longlive" is LongLive's re-cache, whose ``global_sink``
+        (True as released) keeps the sink's keys/values; False keeps the cache as it is.
         ``image_latent`` [B, C, H, W] (image-to-video, ``num_frame_per_block`` 1 only): written into the cache as
         frame 0 (one call at t = 0) and yielded as chunk 0 (``(0, 0, image [B, 1, C, H, W])``); the noise covers
         the generated frames 1, 2, ..., chunk i >= 1 is frame i, and the first-chunk step list goes to frame 1.
@@ -184,7 +187,7 @@ class CausalInferencePipeline:
         F = model.config.tokens_per_frame(H, W)
         kv = self._cache_for(batch, F)
         text_kv = model.encode_text(prompt_embeds.to(model.device))
-        clean = CleanLatentStore() if recache else None
+        clean = recache_store(recache, global_sink, self.policy)
         device = model.device
         f0 = 0  # frames before the first generated chunk: 1 with an image
         if image_latent is not None:
@@ -202,7 +205,7 @@ class CausalInferencePipeline:
                     if new_prompt is not None:
                         text_kv = model.encode_text(new_prompt.to(device))
                         if clean is not None:
-                            recache_kv(model, kv, text_kv, clean, self.config.context_noise)
+                            clean.recache(model, kv, text_kv, self.config.context_noise)
                 kv.begin_chunk(f, B)
                 xt = noise.frames(g * B, B).to(device)  # [B, n, C, H, W]
                 x0 = self._denoise_chunk(kv, text_kv, xt, f, renoise, self.chunk_timesteps(g))

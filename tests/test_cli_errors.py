@@ -71,7 +71,7 @@ CASES = {
                              ["timestep_shift=3.0", "model_kwargs.timestep_shift=5.0", "my_config.yaml"]),
     "unknown_mode": (lambda t: ["mode=nonsense"], ["cache mode 'nonsense' is unknown", "mode='nonsense'"]),
     "conflicting_mode": (lambda t: ["--is_ds_only", "1", "--mode", "self_forcing"], ["--is_ds_only"]),
-    "unsupported_feature": (lambda t: ["lora_ckpt=lora.pt"], ["LongLive's LoRA weights", "lora_ckpt"]),
+    "unsupported_feature": (lambda t: ["model_name=Wan2.1-T2V-14B"], ["a base model other than", "model_name"]),
     "bad_resolution": (lambda t: ["height=100"], ["height=100", "multiple of 16", "override 'height=100'"]),
     "zero_width": (lambda t: ["width=0"], ["width=0 is not a positive multiple of 16", "use 16"]),
     "missing_prompt_file": (lambda t: ["--data_path", t / "nowhere.txt"], ["nowhere.txt", "does not exist"]),

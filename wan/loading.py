@@ -384,12 +384,14 @@ def build_dit(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
 def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike, use_ema: bool = False,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   trust_checkpoint: bool = False) -> CausalWanModel:
+                   trust_checkpoint: bool = False, lora_path: str | os.PathLike | None = None,
+                   lora_alpha: float | None = None, lora_rank: int | None = None) -> CausalWanModel:
     """The Self Forcing generator: base Wan DiT, then the checkpoint's ``generator`` (or ``generator_ema``), strict.
 
     The checkpoint is loaded with ``weights_only=True``; ``trust_checkpoint`` (``--trust_checkpoint``) allows a
-    file holding other Python objects. Returns an eval-mode :class:`CausalWanModel` in ``dtype`` on ``device`` with
-    gradients off.
+    file holding other Python objects. With ``lora_path`` a LoRA file is merged last (``wan.lora.merge_lora``; scale
+    ``lora_alpha / r``, alpha None meaning alpha = r; ``lora_rank`` when given must equal the file's r). Returns an
+    eval-mode :class:`CausalWanModel` in ``dtype`` on ``device`` with gradients off.
     """
     folder = resolve_path(model_dir)
     ckpt = resolve_path(checkpoint_path)
@@ -412,4 +414,7 @@ def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathL
                               f"checkpoint that matches {folder / CONFIG_FILE}.") from None
     model.eval().requires_grad_(False)
     logger.info("loaded %s ['%s'] over the base weights", ckpt, entry)
+    if lora_path is not None:  # LongLive: a LoRA merged over the checkpoint (wan.lora)
+        from .lora import merge_lora
+        merge_lora(model, resolve_path(lora_path), lora_alpha, lora_rank)
     return model
