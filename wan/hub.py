@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .loading import (CHECKPOINT_REPO_FILE, CHECKPOINT_REPO_ID, MODEL_FOLDER_FILES, TOKENIZER_DIR, WAN_REPO_ID,
                       ModelFilesError, checkpoint_download_command, first_line, wan_download_command)
@@ -101,24 +102,33 @@ def download_wan_model(model_dir: Path, checkpoint: Path | None = None) -> Path:
     return model_dir
 
 
+def fetch_file(repo_id: str, filename: str, local_dir: Path, fail: Callable[[str], ModelFilesError]) -> Path:
+    """Fetch ``filename`` of hub repository ``repo_id`` to ``local_dir / filename`` (``hf_hub_download``).
+
+    Offline, or with the hub unreachable, raises ``fail(reason)``: the caller's error with its manual command.
+    """
+    local_dir = Path(local_dir).absolute()
+    target = local_dir / filename
+    if hub_offline():
+        raise fail("HF_HUB_OFFLINE is set")
+    import huggingface_hub
+
+    logger.info("downloading %s/%s into %s", repo_id, filename, local_dir)
+    try:
+        with _bars_only_on_terminal():
+            path = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(local_dir))
+    except _network_errors() as exc:
+        raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
+    if Path(path).absolute() != target:
+        logger.warning("the hub placed %s at %s, expected %s", filename, path, target)
+    return target
+
+
 def download_checkpoint(checkpoint: Path) -> Path:
     """Fetch ``checkpoints/self_forcing_dmd.pt`` from ``gdhe17/Self-Forcing`` so that it lands at ``checkpoint``."""
     checkpoint = Path(checkpoint).absolute()
-    local_dir = checkpoint.parent.parent
-    if hub_offline():
-        raise _fail("HF_HUB_OFFLINE is set", None, checkpoint)
-    import huggingface_hub
-
-    logger.info("downloading %s/%s into %s", CHECKPOINT_REPO_ID, CHECKPOINT_REPO_FILE, local_dir)
-    try:
-        with _bars_only_on_terminal():
-            path = huggingface_hub.hf_hub_download(repo_id=CHECKPOINT_REPO_ID, filename=CHECKPOINT_REPO_FILE,
-                                                   local_dir=str(local_dir))
-    except _network_errors() as exc:
-        raise _fail(f"{type(exc).__name__}: {first_line(exc)}", None, checkpoint) from None
-    if Path(path).absolute() != checkpoint:
-        logger.warning("the hub placed the checkpoint at %s, expected %s", path, checkpoint)
-    return checkpoint
+    return fetch_file(CHECKPOINT_REPO_ID, CHECKPOINT_REPO_FILE, checkpoint.parent.parent,
+                      lambda reason: _fail(reason, None, checkpoint))
 
 
 def causal_forcing_download_command(filename: str, local_dir: Path) -> str:
@@ -149,17 +159,48 @@ def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
                                f"({reason}). Download it manually, from the working directory, with "
                                f"`{causal_forcing_download_command(filename, local_dir)}`; then run again.")
 
+    return fetch_file(CAUSAL_FORCING_REPO_ID, filename, local_dir, fail)
+
+
+INFINITE_FORCING_REPO_ID = "SOTAMak1r/Infinite-Forcing"
+
+
+def infinite_forcing_download_command(local_dir: Path) -> str:
+    """The ``hf download`` command that fetches the Infinite-Forcing checkpoint(s) into ``local_dir``."""
+    from .loading import _quote, display_path
+
+    return f"hf download {INFINITE_FORCING_REPO_ID} --include '*.pt' --local-dir {_quote(display_path(local_dir))}"
+
+
+def download_infinite_forcing(local_dir: Path) -> Path:
+    """Fetch the Infinite-Forcing checkpoint (the repository's one ``.pt`` file) into ``local_dir``; returns it.
+
+    The repository does not document its file name, so every ``.pt`` is fetched; more or fewer than one is an error
+    naming what was found. Offline or with the hub unreachable: a ModelFilesError with the manual command.
+    """
+    local_dir = Path(local_dir).absolute()
+
+    def fail(reason: str) -> ModelFilesError:
+        """The error raised when the download cannot happen, with the manual command."""
+        return ModelFilesError(f"Missing: the Infinite-Forcing checkpoint in {local_dir}; the download could not run "
+                               f"({reason}). Download it manually, from the working directory, with "
+                               f"`{infinite_forcing_download_command(local_dir)}`; then pass the .pt file with "
+                               f"--checkpoint_path.")
+
     if hub_offline():
         raise fail("HF_HUB_OFFLINE is set")
     import huggingface_hub
 
-    logger.info("downloading %s/%s into %s", CAUSAL_FORCING_REPO_ID, filename, local_dir)
+    logger.info("downloading the .pt files of %s into %s", INFINITE_FORCING_REPO_ID, local_dir)
     try:
         with _bars_only_on_terminal():
-            path = huggingface_hub.hf_hub_download(repo_id=CAUSAL_FORCING_REPO_ID, filename=filename,
-                                                   local_dir=str(local_dir))
+            huggingface_hub.snapshot_download(repo_id=INFINITE_FORCING_REPO_ID, local_dir=str(local_dir),
+                                              allow_patterns=["*.pt"])
     except _network_errors() as exc:
         raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
-    if Path(path).absolute() != target:
-        logger.warning("the hub placed the checkpoint at %s, expected %s", path, target)
-    return target
+    found = sorted(local_dir.rglob("*.pt"))
+    if len(found) != 1:
+        raise ModelFilesError(f"{INFINITE_FORCING_REPO_ID} gave {len(found)} .pt files in {local_dir} "
+                              f"({', '.join(p.name for p in found) or 'none'}); pass the checkpoint to use with "
+                              f"--checkpoint_path.")
+    return found[0]

@@ -10,8 +10,8 @@ import logging
 import os
 from pathlib import Path
 
-from .hub import _bars_only_on_terminal, _network_errors, hub_offline
-from .loading import ModelFilesError, display_path, first_line, resolve_path
+from .hub import fetch_file
+from .loading import ModelFilesError, display_path, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +68,8 @@ def ensure_longlive_files(checkpoint: str | os.PathLike, lora: str | os.PathLike
 
 
 def download_longlive(paths: list[Path]) -> list[Path]:
-    """Fetch the LongLive files ``paths`` (each ending in ``models/…``) from the hub, one ``hf_hub_download`` each."""
+    """Fetch the LongLive files ``paths`` (each ending in ``models/…``) from the hub, one file at a time."""
     paths = [Path(p).absolute() for p in paths]
-    if hub_offline():
-        raise _fail("HF_HUB_OFFLINE is set", paths)
-    import huggingface_hub
-
     for path in paths:
-        name = _repo_file(path)
-        local_dir = path.parent.parent
-        logger.info("downloading %s/%s into %s", LONGLIVE_REPO_ID, name, local_dir)
-        try:
-            with _bars_only_on_terminal():
-                got = huggingface_hub.hf_hub_download(repo_id=LONGLIVE_REPO_ID, filename=name,
-                                                      local_dir=str(local_dir))
-        except _network_errors() as exc:
-            raise _fail(f"{type(exc).__name__}: {first_line(exc)}", paths) from None
-        if Path(got).absolute() != path:
-            logger.warning("the hub placed %s at %s, expected %s", name, got, path)
+        fetch_file(LONGLIVE_REPO_ID, _repo_file(path), path.parent.parent, lambda reason: _fail(reason, paths))
     return paths
