@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from utils.frames import video_frames
+
 from .cli_config import CLIError
 from .text import first_unencodable
 
@@ -40,7 +42,7 @@ class ChunkClock:
 
     def video_frame(self, chunk: int) -> int:
         """First video frame of ``chunk``."""
-        return 0 if chunk == 0 else self.temporal * (chunk * self.chunk_latents - 1) + 1
+        return 0 if chunk == 0 else video_frames(chunk * self.chunk_latents, self.temporal)
 
     def seconds(self, chunk: int) -> float:
         """Time of the first video frame of ``chunk``."""
@@ -213,7 +215,7 @@ def check_schedule(path: Path, entries: list[ScheduleEntry], clock: ChunkClock,
                            f"{prev.line} ({prev.start:g} s); entries must be sorted by strictly increasing start.")
     num_chunks = num_latent_frames // clock.chunk_latents
     last = num_chunks - 1
-    frames = clock.temporal * (num_latent_frames - 1) + 1
+    frames = video_frames(num_latent_frames, clock.temporal)
     chunks: dict[int, ScheduleEntry] = {}
     for entry in entries:
         i = clock.chunk_at(entry.start)

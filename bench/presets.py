@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from utils.frames import video_frames
 from wan.config import WanConfig
 
 # Shipped-config cache settings per mode (configs/self_forcing_dmd/*.yaml, DS_inference.sh, DS_PC_inference.sh);
@@ -66,7 +67,7 @@ class Preset:
 
     def pixel_frames(self, latent_frames: int) -> int:
         """Output frames of ``latent_frames`` latent frames: ``4T - 3``."""
-        return self.temporal_factor * latent_frames - (self.temporal_factor - 1)
+        return video_frames(latent_frames, self.temporal_factor)
 
     def latent_frames_for(self, seconds: float) -> int:
         """Latent frames for a video of ``seconds``: ``fps/4`` latent frames per second, rounded up to whole chunks.

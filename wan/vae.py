@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from utils.frames import video_frames
 from utils.paths import CONFIGS_DIR
 
 from .loading import (VAE_WEIGHTS_FILE, ModelFilesError, load_folder_state_dict, resolve_path)
@@ -133,7 +134,7 @@ class WanVAE:
 
     def num_frames(self, latent_frames: int) -> int:
         """Video frames produced by ``latent_frames`` latent frames: ``4(T-1)+1``."""
-        return self.temporal_factor * (latent_frames - 1) + 1 if latent_frames > 0 else 0
+        return video_frames(latent_frames, self.temporal_factor) if latent_frames > 0 else 0
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """Our normalised latents ``[B, T, C, h, w]`` -> VAE latents ``[B, C, T, h, w]`` in the VAE dtype.
