@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from utils.paths import REPO_ROOT
+
 from .presets import MODE_SETTINGS, TINY_DIT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 # Runs inside the tree being measured (its own wan/ and pipeline/ on sys.path); only long-stable APIs are used.
 WORKER = r"""

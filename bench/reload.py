@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from utils.paths import REPO_ROOT
+
 from .clock import Clock
 from .measure import RunSettings, run_video
 from .presets import Preset
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 CHECKPOINT_NAME = "bench_checkpoint.pt"
 
 
