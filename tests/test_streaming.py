@@ -281,8 +281,11 @@ class FakeStdin:
         self.lines.put(text)
 
     def readline(self) -> str:
-        """The next fed line."""
-        return self.lines.get(timeout=60)
+        """The next fed line; the end of input when a test left it waiting (no stray reader thread after it)."""
+        try:
+            return self.lines.get(timeout=60)
+        except queue.Empty:
+            return ""
 
 
 def _wait(predicate, timeout=30.0):
