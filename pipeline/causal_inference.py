@@ -32,7 +32,7 @@ ChunkCallback = Callable[[int, int, torch.Tensor], None]
 
 @dataclass
 class RolloutConfig:
-    """Rollout settings, upstream YAML key names (SPEC section 3)."""
+    """Rollout settings, upstream YAML key names (README "Configs"; the chunk loop in docs/architecture.md)."""
 
     denoising_step_list: list = field(default_factory=lambda: [1000, 750, 500, 250])
     # Causal Forcing++: steps of the first generated chunk (None: the same list as every other chunk).

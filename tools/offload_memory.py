@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         sys.stderr.write("error: CUDA is not available; pass --device cpu for a smoke run (no memory figures).\n")
         return 2
-    print(json.dumps(measure(args)))
+    sys.stdout.write(json.dumps(measure(args)) + "\n")
     return 0
 
 
