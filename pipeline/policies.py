@@ -3,8 +3,8 @@
 A policy is a dataclass whose fields are its configuration (validated in ``__post_init__`` and ``validate``). On the
 first call of a new chunk, before the chunk is staged, ``plan(kv, layer)`` reads the layer's cache and returns a
 ``Plan`` (slots to free for the chunk, or tokens to keep; fields to write) or None; the cache applies it and emits
-the trace record. A policy may
-observe every call's queries (``observe_queries``). It never writes the cache and never knows which model runs.
+the trace record. A policy may observe every call's queries (``observe_queries``). It never writes the cache and
+never knows which model runs.
 
 Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from the
 mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags. The semantics of every mode, the trace format
