@@ -3,6 +3,9 @@
 ``python -m bench.micro`` times, on keys of one layer's full window (21 + 3 frames of F tokens, H heads x D), the
 current time rotation against candidate replacements, and the compaction gather against a slice copy. The
 candidates live here only (the model and cache files belong to others); equality with the current code is checked.
+``--cache`` times instead the real ``KVCache`` over steady chunks (one layer): per-chunk cache maintenance (the
+eviction event, staging, key rotation) of FIFO eviction by gather (the cache before slot reuse) against slot reuse,
+each with and without the rotated-key buffer.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import time
 
 import torch
 
+from pipeline.kv_cache import KVCache
+from pipeline.policies import build_policy
 from wan.config import WanConfig
 from wan.rope import WanRope
 
@@ -108,6 +113,68 @@ def run(cfg: WanConfig, tokens_per_frame: int, window: int, chunk: int, dtype: t
             "key_bytes": k.numel() * k.element_size()}
 
 
+class GatherKVCache(KVCache):
+    """The cache as it was before slot reuse: a FIFO eviction gathers the kept tokens to the front."""
+
+    def apply(self, layer: int, plan) -> None:
+        """Turn the plan's freed slots into a keep index (compaction), then apply it."""
+        if plan.evict is not None:
+            live = torch.ones(self.layers[layer].n, dtype=torch.bool)
+            live[plan.evict] = False
+            plan.keep, plan.evict = live.nonzero().flatten(), None
+        super().apply(layer, plan)
+
+
+def cache_maintenance(cfg: WanConfig, tokens_per_frame: int, mode: str, chunk: int, dtype: torch.dtype,
+                      chunks: int, calls: int = 5) -> dict:
+    """Median seconds per steady chunk of one layer's cache work (events + staging + key rotation, no attention)."""
+    torch.manual_seed(0)
+    F, H, D = tokens_per_frame, cfg.num_heads, cfg.head_dim
+    rope = WanRope(D, cfg.rope_theta)
+    policy = build_policy(mode, **MODE_SETTINGS[mode])
+    L = policy.window_frames
+    k_new, v_new, q = (torch.randn(1, chunk * F, H, D).to(dtype) for _ in range(3))
+    out = {}
+    for variant, cls, cap in [("gather", GatherKVCache, L + chunk), ("slot_reuse", KVCache, L)]:
+        for buffer in (True, False):
+            kv = cls(1, 1, cap * F, H, D, dtype, "cpu", policy, F, rope.rotate_time, rotated_key_buffer=buffer)
+            kv.reset()
+            layer = kv.layers[0]  # a full window, as after L frames
+            layer.k[:, :L * F] = torch.randn(1, L * F, H, D).to(dtype)
+            layer.v[:, :L * F] = torch.randn(1, L * F, H, D).to(dtype)
+            layer.frame[:, :L * F] = torch.arange(L).repeat_interleave(F)
+            layer.t_pos.copy_(layer.frame)
+            layer.n = L * F
+            events, totals = [], []
+            spent: list = []
+
+            def timed_events(layer_index, run=kv.chunk_events):
+                """The cache event alone (eviction: gather or freeing the slots), timed."""
+                t = time.perf_counter()
+                run(layer_index)
+                spent.append(time.perf_counter() - t)
+            kv.chunk_events = timed_events
+            for i in range(chunks + 1):  # the first is a warm-up
+                f = L + i * chunk
+                kv.begin_chunk(f, chunk)
+                pos = torch.arange(f, f + chunk).repeat_interleave(F)
+                rotation = rope.time_rotation(pos - kv.base, dtype)
+                spent.clear()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    kv.update(0, q, k_new, v_new, pos, rotation)
+                total = time.perf_counter() - t0
+                kv.commit()
+                if i:
+                    events.append(spent[0])
+                    totals.append(total)
+            name = f"{variant}, {'rotated-key buffer' if buffer else 'rotate on read'}"
+            out[name] = {"event_s": sorted(events)[len(events) // 2], "chunk_total_s": sorted(totals)[len(totals) // 2]}
+    return {"mode": mode, "window_frames": L, "sink_frames": policy.sink_size, "chunk_frames": chunk, "calls": calls,
+            "chunks_timed": chunks, "tokens_per_frame": F, "heads": H, "head_dim": D,
+            "dtype": str(dtype).replace("torch.", ""), "seconds_per_chunk": out}
+
+
 def main(argv=None) -> int:
     """CLI: print the micro-benchmark JSON."""
     p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
@@ -116,10 +183,18 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", action="store_true", help="time the KVCache per steady chunk: gather vs slot reuse, "
+                   "with and without the rotated-key buffer")
+    p.add_argument("--mode", default="deep_sink", choices=["self_forcing", "deep_sink"], help="FIFO mode (--cache)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = get_preset("real")  # geometry of the 1.3B model at 480x832
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.cache:
+        out = cache_maintenance(preset.model, preset.tokens_per_frame, args.mode, preset.chunk_frames, dtype,
+                                args.repeat)
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        return 0
     out = run(preset.model, preset.tokens_per_frame, args.window, preset.chunk_frames, dtype, args.repeat)
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
     return 0

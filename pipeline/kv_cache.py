@@ -4,7 +4,9 @@ Keys are stored with the spatial (height/width) RoPE applied and *without* the t
 time index ``t_pos`` (what RoPE uses, which a policy may rewrite) and its source ``frame`` (never changes). The time
 rotation is applied when the cache is read, relative to ``base`` (the current chunk's first frame), so positions never
 grow without bound and moving a position is a write to ``t_pos``. On a chunk's first call the policy returns a ``Plan``
-and the cache applies it and emits the one trace record. The contract and the trace format: docs/cache.md.
+and the cache applies it and emits the one trace record. A FIFO eviction frees the evicted tokens' slots and the chunk
+is written into them (slot reuse, no copy of the kept tokens), so storage order is not chronological; attention does
+not depend on it. The contract and the trace format: docs/cache.md.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Plan:
 
     event: str                               # trace event name: "evict" or "compress"
     keep: torch.Tensor | None = None         # int64 [m] or [batch, m]: committed tokens kept, in that order
+    evict: torch.Tensor | None = None        # int64 [e]: slots of committed tokens dropped; the chunk reuses them
     writes: list = field(default_factory=list)  # (field, first token, values [n] or [batch, n]) after the keep
     sink_start: int | None = None            # new time index of sink frame 0, when the plan moves the sink
     extras: dict = field(default_factory=dict)  # event-specific trace keys (filled only when tracing)
@@ -42,8 +45,11 @@ class Plan:
 class LayerKVCache:
     """Storage of one layer: k, v [batch, cap, H, D]; t_pos, frame [batch, cap] (int64); ``n`` committed tokens.
 
-    The chunk being denoised is *staged* after the committed tokens (``staged`` tokens); every call of the chunk
-    overwrites the staged slots and ``commit()`` (after the clean pass) makes them part of the context.
+    The committed tokens occupy slots [0, n), in no particular order (``order()`` gives the chronological one). The
+    chunk being denoised is *staged* (``staged`` tokens): first into the slots an eviction freed (``holes``, in their
+    order), then after the occupied slots; every call of the chunk overwrites the staged slots and ``commit()`` (after
+    the clean pass) makes them part of the context. Between an eviction and the staging the committed tokens occupy
+    [0, n + holes) minus the holes.
     """
 
     def __init__(self, batch: int, capacity: int, heads: int, head_dim: int, dtype, device):
@@ -54,6 +60,8 @@ class LayerKVCache:
         self.frame = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.n = 0
         self.staged = 0
+        self.holes: torch.Tensor | None = None  # int64 [h]: slots freed by an eviction, filled by the next stage
+        self.slots: torch.Tensor | None = None  # int64 [staged]: the staged slots (None: [n, n + staged))
         self.aux: dict[str, torch.Tensor] = {}  # per-token fields [batch, cap] of policies (see aux_field)
 
     def aux_field(self, name: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -65,40 +73,85 @@ class LayerKVCache:
             self.aux[name] = field
         return field
 
+    @property
+    def num_holes(self) -> int:
+        """Slots freed by an eviction and not yet refilled by the chunk."""
+        return 0 if self.holes is None else self.holes.shape[0]
+
+    @property
+    def extent(self) -> int:
+        """One past the last occupied slot (committed tokens, holes and staged chunk)."""
+        return self.n + (self.staged if self.staged else self.num_holes)
+
     def reset(self) -> None:
         """Forget all entries (storage is kept)."""
         self.n = 0
         self.staged = 0
+        self.holes = None
+        self.slots = None
+
+    def evict(self, slots: torch.Tensor) -> None:
+        """Drop the committed tokens at ``slots`` [e] (shared by the batch); the next ``stage`` writes into them."""
+        if self.staged or self.holes is not None:
+            raise RuntimeError("evict() must run once, before the chunk is staged")
+        self.holes = slots.to(self.k.device)
+        self.n -= slots.shape[0]
+
+    def write_staged(self, target: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` ([staged, ...] or [batch, staged, ...]) into the staged slots of a per-token field."""
+        if self.slots is None:
+            target[:, self.n:self.n + self.staged] = values
+        else:
+            target[:, self.slots] = values  # a scatter into the chunk's slots only
 
     def stage(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
-        """Write the chunk's k/v [batch, m, H, D] and positions [m] after the committed tokens."""
+        """Write the chunk's k/v [batch, m, H, D] and positions [m] into freed slots, then after the occupied ones."""
         m = k.shape[1]
+        h = self.num_holes
+        if h > m:
+            raise RuntimeError(f"an eviction freed {h} slots for a chunk of {m} tokens; evict at most the chunk")
         end = self.n + m
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} tokens > capacity {self.capacity}; the cache policy "
                                f"did not make room for the chunk")
-        self.k[:, self.n:end] = k
-        self.v[:, self.n:end] = v
-        self.t_pos[:, self.n:end] = pos
-        self.frame[:, self.n:end] = pos
-        for aux in self.aux.values():
-            aux[:, self.n:end] = 0
+        if h and self.slots is None:  # first call of the chunk: the freed slots, then [n + h, n + m)
+            self.slots = torch.cat([self.holes, torch.arange(self.n + h, end, device=self.holes.device)])
         self.staged = m
+        self.write_staged(self.k, k)
+        self.write_staged(self.v, v)
+        self.write_staged(self.t_pos, pos)
+        self.write_staged(self.frame, pos)
+        for aux in self.aux.values():
+            self.write_staged(aux, 0)
 
     def commit(self) -> None:
         """Make the staged chunk part of the committed context."""
         self.n += self.staged
         self.staged = 0
+        self.holes = None
+        self.slots = None
 
     def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(k, v, t_pos) of committed + staged tokens: [batch, n+staged, H, D] x2, [batch, n+staged]."""
         end = self.n + self.staged
         return self.k[:, :end], self.v[:, :end], self.t_pos[:, :end]
 
+    def order(self, sample: int = 0) -> torch.Tensor:
+        """Slots [n] of the committed tokens in chronological order (by source frame, then slot); for inspection."""
+        committed = torch.ones(self.extent, dtype=torch.bool, device=self.frame.device)
+        if self.slots is not None:
+            committed[self.slots] = False
+        elif self.staged:
+            committed[self.n:] = False
+        elif self.holes is not None:
+            committed[self.holes] = False
+        slots = committed.nonzero().flatten()
+        return slots[torch.sort(self.frame[sample, slots], stable=True).indices]
+
     def keep(self, idx: torch.Tensor) -> None:
         """Keep committed tokens ``idx`` ([m] shared or [batch, m] per sample), in that order, at the front."""
-        if self.staged:
-            raise RuntimeError("keep() must run before the chunk is staged")
+        if self.staged or self.holes is not None:
+            raise RuntimeError("keep() must run before the chunk is staged, without an eviction")
         m = idx.shape[-1]
         if idx.dim() == 1:
             idx = idx.unsqueeze(0).expand(self.k.shape[0], -1)
@@ -150,11 +203,10 @@ class KVCache:
         self._first_call = [True] * len(self.layers)
 
     def rotated_keys(self, layer: int, end: int | None = None) -> torch.Tensor:
-        """Keys of ``layer`` (first ``end`` tokens, default all) with the time rotation applied -> [batch, n, H, D]."""
+        """Keys of ``layer`` (first ``end`` slots, default all occupied) with the time rotation -> [batch, end, H, D]."""
         cache = self.layers[layer]
-        k, _, pos = cache.view()
-        end = k.shape[1] if end is None else end
-        return self.rotate_time(k[:, :end], pos[:, :end] - self.base)
+        end = cache.extent if end is None else end
+        return self.rotate_time(cache.k[:, :end], cache.t_pos[:, :end] - self.base)
 
     def update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                rotation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,16 +221,15 @@ class KVCache:
         if self._first_call[layer]:
             self._first_call[layer] = False
             self.chunk_events(layer)
-            if self.rotated is not None:
-                self.rotated[layer][:, :cache.n] = self.rotated_keys(layer, cache.n)
-        n = cache.n
+            if self.rotated is not None:  # committed slots (and any freed ones, which the chunk overwrites)
+                self.rotated[layer][:, :cache.extent] = self.rotated_keys(layer, cache.extent)
         cache.stage(k, v, pos)
         values = cache.view()[1]
         if self.rotated is None:
             return self.rotated_keys(layer), values
         buf = self.rotated[layer]
-        buf[:, n:n + k.shape[1]] = rotation.apply(k)
-        return buf[:, :n + k.shape[1]], values
+        cache.write_staged(buf, rotation.apply(k))
+        return buf[:, :cache.extent], values
 
     def chunk_events(self, layer: int) -> None:
         """Ask the policy for ``layer``'s plan at this chunk start and apply it (nothing when it returns None)."""
@@ -187,10 +238,17 @@ class KVCache:
             self.apply(layer, plan)
 
     def apply(self, layer: int, plan: Plan) -> None:
-        """Gather every per-token field with ``plan.keep``, write its fields, send the one trace record."""
+        """Free ``plan.evict``'s slots or gather with ``plan.keep``, write its fields, send the one trace record."""
         cache, trace = self.layers[layer], self.policy.trace
         before = cache.n
         old = int(cache.t_pos[0, 0]) if trace is not None and before else 0  # host read only when tracing
+        if plan.evict is not None and plan.evict.shape[0] > self.chunk.num_tokens:
+            # more freed slots than the chunk fills: compact instead (never the case for a FIFO window)
+            kept = torch.ones(before, dtype=torch.bool, device=cache.k.device)
+            kept[plan.evict.to(kept.device)] = False
+            plan.keep, plan.evict = kept.nonzero().flatten(), None
+        if plan.evict is not None:
+            cache.evict(plan.evict)
         if plan.keep is not None:
             cache.keep(plan.keep)
         for name, start, values in plan.writes:
@@ -199,11 +257,20 @@ class KVCache:
         if trace is None:
             return
         n, batch = cache.n, cache.k.shape[0]
-        kept = _host(plan.keep if plan.keep is not None else torch.arange(n))
+        if plan.evict is not None:  # kept slots (pre-event indices: they did not move), chronologically
+            live = torch.ones(before, dtype=torch.bool)
+            live[_host(plan.evict)] = False
+            slots = live.nonzero().flatten()
+            kept = slots[torch.sort(_host(cache.frame[0, :before])[slots], stable=True).indices]
+        else:
+            kept = _host(plan.keep if plan.keep is not None else torch.arange(n))
+        kept = kept.expand(batch, -1) if kept.dim() == 1 else kept
+        at = kept.to(cache.frame.device)
         rec = {"event": plan.event, "layer": layer, "chunk_start": self.chunk.start_frame,
                "chunk_frames": self.chunk.num_frames, "tokens_per_frame": self.tokens_per_frame,
-               "tokens_before": before, "num_tokens": n, "kept": kept.expand(batch, -1) if kept.dim() == 1 else kept,
-               "frames": _host(cache.frame[:, :n]), "t_pos": _host(cache.t_pos[:, :n])}
+               "tokens_before": before, "num_tokens": n, "kept": kept,
+               "frames": _host(cache.frame.gather(1, at) if plan.evict is not None else cache.frame[:, :n]),
+               "t_pos": _host(cache.t_pos.gather(1, at) if plan.evict is not None else cache.t_pos[:, :n])}
         if plan.sink_start is not None:
             rec.update(sink_start=plan.sink_start, shift=plan.sink_start - old)
         rec.update({k: _host(v) if isinstance(v, torch.Tensor) else v for k, v in plan.extras.items()})

@@ -2,8 +2,9 @@
 
 A policy is a dataclass whose fields are its configuration (validated in ``__post_init__`` and ``validate``). On the
 first call of a new chunk, before the chunk is staged, ``plan(kv, layer)`` reads the layer's cache and returns a
-``Plan`` (tokens to keep, fields to write) or None; the cache applies it and emits the trace record. A policy may
-observe every call's queries (``observe_queries``). It never writes the cache and never knows which model runs.
+``Plan`` (slots to free for the chunk, or tokens to keep; fields to write) or None; the cache applies it and emits
+the trace record. A policy may observe every call's queries (``observe_queries``). It never writes the cache and
+never knows which model runs.
 
 Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from the
 mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags. The semantics of every mode, the trace format
@@ -82,8 +83,8 @@ class CachePolicy:
                                    f"local_attn_size={L}: no frame could ever be evicted; {fix}")
 
     def capacity_frames(self, chunk_frames: int) -> int:
-        """Storage to preallocate, in frames: the committed window plus one staged chunk."""
-        return self.window_frames + chunk_frames
+        """Storage to preallocate, in frames: the window (the chunk is staged into the slots an event freed)."""
+        return self.window_frames
 
     def reset(self, num_layers: int) -> None:
         """Forget all per-video state."""
@@ -102,24 +103,29 @@ class CachePolicy:
         return {"mode": self.name, **own, "window_frames": self.window_frames}
 
 
-def fifo_keep_index(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> torch.Tensor | None:
-    """Committed tokens [m] FIFO keeps (the first ``sink_frames`` frames always) so context + chunk fit the window."""
-    cache, chunk, device = kv.layers[layer], kv.chunk, kv.layers[layer].k.device
+def fifo_evict_slots(kv: KVCache, layer: int, sink_frames: int, window_frames: int) -> torch.Tensor | None:
+    """Slots [e] of the oldest non-sink frames (chronological) FIFO drops so context + chunk fit the window.
+
+    The sink is the first ``sink_frames`` frames' worth of slots; the chunk is later written into the freed slots,
+    so no kept token moves (docs/cache.md).
+    """
+    cache, chunk = kv.layers[layer], kv.chunk
     F = chunk.tokens_per_frame
     evict = cache.n // F + chunk.num_frames - window_frames
     if evict <= 0:
         return None  # nothing has to go
     sink = min(sink_frames * F, cache.n)
-    return torch.cat([torch.arange(sink, device=device), torch.arange(sink + evict * F, cache.n, device=device)])
+    order = torch.sort(cache.frame[0, sink:cache.n], stable=True).indices  # [n - sink], oldest first
+    return order[:evict * F] + sink
 
 
-def place_sink(plan: Plan, kv: KVCache, sink_frames: int, gap: int) -> Plan:
-    """Add the sink's positions to ``plan``: sink frame j at ``f - c - gap + j``, c = frames kept (docs/cache.md)."""
-    F, kept = kv.tokens_per_frame, plan.keep.shape[-1]
+def place_sink(plan: Plan, kv: KVCache, sink_frames: int, gap: int, kept: int) -> Plan:
+    """Add the sink's positions to ``plan``: sink frame j at ``f - c - gap + j``, c = ceil(kept / F) (docs/cache.md)."""
+    F = kv.tokens_per_frame
     sink = min(sink_frames * F, kept)
     if sink:  # ``gap`` unused positions between the sink and the oldest kept frame
         plan.sink_start = kv.chunk.start_frame - -(-kept // F) - gap
-        frames = torch.arange(plan.sink_start, plan.sink_start + sink_frames, device=plan.keep.device)
+        frames = torch.arange(plan.sink_start, plan.sink_start + sink_frames, device=kv.layers[0].t_pos.device)
         plan.writes.append(("t_pos", 0, frames.repeat_interleave(F)[:sink]))
     return plan
 
@@ -131,12 +137,11 @@ class SelfForcingWindow(CachePolicy):
     name = "self_forcing"
 
     def plan(self, kv: KVCache, layer: int) -> Plan | None:
-        """Evict the oldest non-sink frames when the new chunk would overflow the window."""
-        keep = fifo_keep_index(kv, layer, self.sink_size, self.window_frames)
-        if keep is None:
+        """Evict the oldest non-sink frames when the new chunk would overflow the window (their slots are reused)."""
+        slots = fifo_evict_slots(kv, layer, self.sink_size, self.window_frames)
+        if slots is None:
             return None
-        evicted = (kv.layers[layer].n - keep.shape[0]) // kv.tokens_per_frame
-        return Plan("evict", keep, extras={"evicted_frames": evicted})
+        return Plan("evict", evict=slots, extras={"evicted_frames": slots.shape[0] // kv.tokens_per_frame})
 
 
 @dataclass
@@ -169,7 +174,10 @@ class DeepSink(SelfForcingWindow):
     def plan(self, kv: KVCache, layer: int) -> Plan | None:
         """FIFO-evict when the chunk would overflow, then place the sink ``gap`` indices before the tail."""
         plan = super().plan(kv, layer)
-        return None if plan is None else place_sink(plan, kv, self.sink_size, self.gap(kv.chunk.num_frames))
+        if plan is None:
+            return None
+        kept = kv.layers[layer].n - plan.evict.shape[0]
+        return place_sink(plan, kv, self.sink_size, self.gap(kv.chunk.num_frames), kept)
 
 
 @dataclass
@@ -316,7 +324,7 @@ class ParticipativeCompression(DeepSink):
             eligible = (picks < self.reuse_cap).sum(1) if self.reuse_cap > 0 else torch.full((batch,), cand_end - sink)
             plan.extras = {"candidates": (sink, cand_end), "scores": scores, "selected": chosen + sink,
                            "picks": new_picks, "eligible": eligible}
-        return place_sink(plan, kv, self.sink_size, self.gap(B))
+        return place_sink(plan, kv, self.sink_size, self.gap(B), keep.shape[-1])
 
 
 def policy_parameters(mode: str) -> tuple[str, ...]:

@@ -34,8 +34,7 @@ def mark_token_slots(kv: KVCache) -> None:
     F = kv.tokens_per_frame
     for cache in kv.layers:
         slot = cache.aux_field(SLOT)
-        end = cache.n + cache.staged
-        slot[:, cache.n:end] = torch.arange(cache.staged, device=slot.device) % F
+        cache.write_staged(slot, torch.arange(cache.staged, device=slot.device) % F)
 
 
 def referenced_frames(kv: KVCache) -> list[int]:

@@ -65,8 +65,8 @@ def test_real_preset_builds_1_3b_on_meta_and_kv_geometry_matches_spec(tmp_path):
     assert g["kv_bytes_per_frame"] == 30 * 2 * 1560 * 1536 * 2  # SPEC 6: 287.5 MB per latent frame in bf16
     assert round(g["kv_bytes_per_frame"] / 1e6, 1) == 287.5
     assert 1.3e9 < g["parameters"] < 1.5e9
-    # (21-frame window + one staged chunk) x 287.5 MB of k/v, plus int64 positions and source frames per token
-    assert g["cache_storage_bytes"]["deep_sink_pc"] >= 24 * g["kv_bytes_per_frame"]
+    # 21-frame window (the chunk is staged into freed slots) x 287.5 MB of k/v, plus int64 positions and frames
+    assert 21 * g["kv_bytes_per_frame"] <= g["cache_storage_bytes"]["deep_sink_pc"] < 22 * g["kv_bytes_per_frame"]
     assert r["runs"][0]["summary"]["output_frames"] == 9
 
 

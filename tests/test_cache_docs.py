@@ -63,7 +63,7 @@ def test_doc_table_matches_the_cache(marker, which, cfg, score):
         if f in rows:
             c = kv.layers[0]
             events = [r["event"] for r in trace if r["chunk_start"] == f and r["layer"] == 0]
-            assert rows[f] == (events[0] if events else "–", segments(c.frame[0, :c.n:F].tolist(),
-                                                                      c.t_pos[0, :c.n:F].tolist())), f
+            assert rows[f] == (events[0] if events else "–", segments(c.frame[0, c.order()[::F]].tolist(),
+                                                                      c.t_pos[0, c.order()[::F]].tolist())), f
             seen.add(f)
     assert seen == set(rows)

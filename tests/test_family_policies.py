@@ -16,7 +16,7 @@ def rollout_table(policy, num_chunks=11):
     rows, prev = {}, []
     for f in drive(kv, num_chunks, ramp_qkv(lambda fr, tok: fr)):
         c = kv.layers[0]
-        frames, t_pos = c.frame[0, :c.n:F].tolist(), c.t_pos[0, :c.n:F].tolist()
+        frames, t_pos = c.frame[0, c.order()[::F]].tolist(), c.t_pos[0, c.order()[::F]].tolist()
         n_c = len(frames) - B  # committed frames after the chunk's event
         rows[f] = (frames, [t - (f - n_c) for t in t_pos], sorted(set(prev) - set(frames)))
         prev = frames

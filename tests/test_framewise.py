@@ -40,7 +40,8 @@ def test_policy_invariants_over_a_framewise_rollout(name):
 
     def state(layer):
         c = pipe.kv.layers[layer]
-        return [t[:, :c.n].clone() for t in (c.k, c.v, c.t_pos, c.frame)]
+        o = c.order()  # chronological (FIFO eviction reuses slots)
+        return [t[:, o].clone() for t in (c.k, c.v, c.t_pos, c.frame)]
 
     def same(a, b):
         return a[0].shape == b[0].shape and all(torch.equal(x, y) for x, y in zip(a, b))
@@ -67,7 +68,8 @@ def test_policy_invariants_over_a_framewise_rollout(name):
     for i, f, _ in pipe.iter_chunks(text(), noise, torch.Generator().manual_seed(4)):
         for layer in range(2):
             c = pipe.kv.layers[layer]
-            written[(layer, f)] = (c.k[0, c.n - F:c.n].clone(), c.v[0, c.n - F:c.n].clone())
+            new = c.order()[c.n - F:]  # the slots of frame f
+            written[(layer, f)] = (c.k[0, new].clone(), c.v[0, new].clone())
             assert c.n <= L * F
             if layer == 0:
                 sizes.append(c.n // F)  # committed frames after the chunk
@@ -140,8 +142,9 @@ def test_framewise_rollout_equals_naive_cache_reference(name, monkeypatch):
     for layer in range(2):  # same tokens at the same time positions, in the same order
         c = pipe.kv.layers[layer]
         tokens = ref_cache.committed[layer] + ref_cache.staged[layer]
-        assert c.frame[0, :c.n].tolist() == [tok.frame for tok in tokens]
-        assert c.t_pos[0, :c.n].tolist() == [tok.t for tok in tokens]
+        o = c.order()  # chronological (FIFO eviction reuses slots)
+        assert c.frame[0, o].tolist() == [tok.frame for tok in tokens]
+        assert c.t_pos[0, o].tolist() == [tok.t for tok in tokens]
     assert (ours - ref).abs().max().item() < 1e-5
 
 
@@ -153,7 +156,7 @@ def test_deep_sink_framewise_worked_example():
     seen = {}
     for i, f, _ in pipe.iter_chunks(text(), torch.randn(1, 23, *LATENT), torch.Generator().manual_seed(1)):
         c = pipe.kv.layers[0]  # after the chunk's commit: sink | tail | chunk f
-        seen[f] = (c.frame[0, :c.n:F].tolist(), c.t_pos[0, :c.n:F].tolist())
+        seen[f] = (c.frame[0, c.order()[::F]].tolist(), c.t_pos[0, c.order()[::F]].tolist())
     assert seen[20] == (list(range(21)), list(range(21)))  # full, nothing moved yet
     for f, sink, tail in [(21, range(0, 10), range(11, 21)), (22, range(1, 11), range(12, 22))]:
         frames, t_pos = seen[f]
@@ -206,5 +209,6 @@ def test_rollout_past_latent_frame_1100(mode, chunk):
     out = pipe.generate_seeded(text(), T, (16, 2, 2), seed=3)  # F = 1 token per frame
     assert out.shape[1] == T and torch.isfinite(out).all()
     c = pipe.kv.layers[0]
-    assert c.frame[0, c.n - 1] == T - 1 and c.frame[0, 0] == 0 and c.n <= 21
-    assert c.t_pos[0, c.n - 1] == T - 1
+    last = c.order()[-1]
+    assert c.frame[0, last] == T - 1 and c.frame[0, 0] == 0 and c.n <= 21
+    assert c.t_pos[0, last] == T - 1

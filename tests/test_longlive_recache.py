@@ -101,7 +101,7 @@ def test_longlive_recache_equals_naive_reference(model, global_sink, switch_chun
                                      global_sink)
     F = model.config.tokens_per_frame(*LATENT[1:])
     for layer, frames in zip(pipe.kv.layers, ref_frames):
-        assert layer.frame[0, :layer.n:F].tolist() == frames
+        assert layer.frame[0, layer.order()[::F]].tolist() == frames
         assert torch.equal(layer.t_pos[0, :layer.n], layer.frame[0, :layer.n])  # absolute positions
     assert (ours - ref).abs().max().item() < 1e-5
 
@@ -161,7 +161,7 @@ def test_longlive_recache_past_frame_1100():
     assert torch.isfinite(last).all()
     sink = pipe.kv.layers[0].frame[0, :S].tolist()  # F = 1 token per frame
     assert sink == ([0, 1, 2] if global_sink else [1107 - L + j for j in range(S)])
-    assert pipe.kv.layers[0].frame[0, :pipe.kv.layers[0].n].tolist()[S:] == list(range(1113 - (L - S), 1113))
+    assert pipe.kv.layers[0].frame[0, pipe.kv.layers[0].order()].tolist()[S:] == list(range(1113 - (L - S), 1113))
 
 
 @pytest.mark.skipif("infinite_forcing" not in registered_modes(), reason="needs the infinite_forcing cache mode")

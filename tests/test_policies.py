@@ -113,12 +113,13 @@ def test_policy_invariants_over_a_rollout(name):
     T = 42  # 14 chunks: PC compresses at f = 21, 27, 33, 39
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(2))
 
-    calls, snap, refs, sizes = {}, {}, {}, {}
+    calls, snap, refs, sizes, raw = {}, {}, {}, {}, {}
     events_at = {}
 
-    def state(layer):
+    def state(layer):  # committed tokens in chronological order (storage order is not: slots are reused)
         c = pipe.kv.layers[layer]
-        return [t[:, :c.n].clone() for t in (c.k, c.v, c.t_pos, c.frame)]
+        o = c.order()
+        return [t[:, o].clone() for t in (c.k, c.v, c.t_pos, c.frame)]
 
     def same(a, b):
         return len(a[0][0]) == len(b[0][0]) and all(torch.equal(x, y) for x, y in zip(a, b))
@@ -126,7 +127,7 @@ def test_policy_invariants_over_a_rollout(name):
     def check_tokens(layer):
         """Every committed token's stored k and v are those of one token written by its frame's clean pass."""
         c = pipe.kv.layers[layer]
-        for i in range(c.n):
+        for i in c.order().tolist():
             ref_k, ref_v = refs[(layer, int(c.frame[0, i]))]
             hits = ((ref_k == c.k[0, i]).flatten(1).all(1) & (ref_v == c.v[0, i]).flatten(1).all(1)).sum()
             assert hits == 1
@@ -158,8 +159,9 @@ def test_policy_invariants_over_a_rollout(name):
         assert calls[(f, layer)] == 1  # only on the first call of a chunk
         assert rec["tokens_before"] + B * F > L * F  # only on overflow
         events_at.setdefault((f, layer), []).append(rec["event"])
-        # kept indexes the pre-event cache (snap: state after the last commit)
-        assert torch.equal(torch.gather(snap[layer][3], 1, rec["kept"]), rec["frames"])
+        # kept indexes the pre-event cache (raw: storage after the last commit)
+        assert torch.equal(torch.gather(raw[layer], 1, rec["kept"]), rec["frames"])
+        assert (rec["frames"][:, 1:] >= rec["frames"][:, :-1]).all()  # listed chronologically
         trace.append(rec)
 
     policy.observe_queries = watched
@@ -168,13 +170,15 @@ def test_policy_invariants_over_a_rollout(name):
         for layer in range(2):
             c = pipe.kv.layers[layer]
             assert c.n <= L * F
+            o = c.order()
             for j in range(B):
-                lo = c.n - (B - j) * F
-                refs[(layer, f + j)] = (c.k[0, lo:lo + F].clone(), c.v[0, lo:lo + F].clone())
+                at = o[c.n - (B - j) * F:c.n - (B - j - 1) * F]  # frame f + j's slots
+                refs[(layer, f + j)] = (c.k[0, at].clone(), c.v[0, at].clone())
             if f + B >= S:
                 assert torch.equal(c.frame[0, :S * F], torch.arange(S).repeat_interleave(F))  # sink never evicted
             check_tokens(layer)
             snap[layer] = state(layer)
+            raw[layer] = c.frame[:, :c.n].clone()
 
     overflow = [f for f in range(0, T, B) if f >= L]
     kinds = {e for evs in events_at.values() for e in evs}
@@ -405,8 +409,9 @@ def test_ramp_cache_holds_exactly_the_expected_frames(name):
         for layer in range(2):
             c = kv.layers[layer]
             want = torch.tensor(expect).repeat_interleave(F)
-            assert c.frame[:, :c.n].tolist() == [want.tolist()] * 2
-            v = c.v[:, :c.n, 0]  # the values identify their source token: (frame, call, token, layer)
+            o = c.order()  # chronological (FIFO reuses slots; PC's layout is chronological)
+            assert c.frame[:, o].tolist() == [want.tolist()] * 2
+            v = c.v[:, o, 0]  # the values identify their source token: (frame, call, token, layer)
             assert torch.equal(v[..., 0], want.float().expand(2, -1))
             assert v[..., 1].eq(4).all() and v[..., 3].eq(layer).all()  # written by the clean pass, this layer
             assert torch.equal(v[..., 2], torch.arange(F).repeat(len(expect)).float().expand(2, -1))
@@ -467,7 +472,7 @@ def test_rollout_past_latent_frame_1100(name):
     out = pipe.generate_seeded(text(), 1104, (16, 2, 2), seed=3)  # F = 1
     assert out.shape[1] == 1104 and torch.isfinite(out).all()
     c = pipe.kv.layers[0]
-    assert c.frame[0, c.n - 1] == 1103 and c.frame[0, 0] == 0  # the sink survived (frame 0 is a sink frame)
+    assert c.frame[0, c.order()[-1]] == 1103 and c.frame[0, 0] == 0  # the sink survived (frame 0 is a sink frame)
     assert c.n <= 21
     if POLICIES[name]["mode"] != "self_forcing":  # moving sinks: positions relative to the chunk stay bounded
         assert (c.t_pos[0, :c.n] - pipe.kv.base).abs().max() < 2 * pipe.policy.window_frames
