@@ -12,7 +12,10 @@ def element_size(dtype: torch.dtype) -> int:
 
 
 def kv_bytes_per_frame(cfg: WanConfig, tokens_per_frame: int, dtype: torch.dtype, batch: int = 1) -> int:
-    """Keys + values of one latent frame in every layer: layers x 2 x F x dim x bytes (287.5 MB for the 1.3B model at 480x832 in bf16)."""
+    """Keys + values of one latent frame in every layer: layers x 2 x F x dim x bytes.
+
+    287.5 MB for the 1.3B model at 480x832 in bf16.
+    """
     return cfg.num_layers * 2 * tokens_per_frame * cfg.dim * element_size(dtype) * batch
 
 
