@@ -4,8 +4,8 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-TEST_ONLY = {"pytest", "imageio", "imageio-ffmpeg"}
-BENCH_ONLY = {"matplotlib"}
+TEST_ONLY = {"pytest"}
+BENCH_ONLY = {"matplotlib", "imageio-ffmpeg"}
 
 
 def requirement_name(line: str) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mp4_probe import decoded, probe
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = ("height=32", "width=32")   # latent 4x4: 4 tokens per frame
@@ -18,25 +20,14 @@ FRAMES = 3                          # one chunk -> 4*3-3 = 9 video frames
 
 
 def read_video(path: Path) -> tuple[int, float, tuple[int, int], str]:
-    """(frame count, fps, (width, height), codec) of an mp4, decoded with imageio's ffmpeg."""
-    import imageio.v2 as iio
-    reader = iio.get_reader(path, format="FFMPEG")
-    try:
-        meta = reader.get_meta_data()
-        return reader.count_frames(), meta["fps"], meta["size"], meta["codec"]
-    finally:
-        reader.close()
+    """(frame count, fps, (width, height), codec) of an mp4, decoded with PyAV."""
+    info = probe(path)
+    return info["frames"], info["fps"], info["size"], info["codec"]
 
 
 def frames_of(path: Path):
     """All decoded frames of an mp4 as one uint8 array [n, H, W, 3]."""
-    import imageio.v2 as iio
-    import numpy as np
-    reader = iio.get_reader(path, format="FFMPEG")
-    try:
-        return np.stack(list(reader.iter_data()))
-    finally:
-        reader.close()
+    return decoded(path)
 
 
 def outputs(folder: Path) -> dict[str, list[str]]:
