@@ -257,9 +257,16 @@ def test_two_runs_share_a_folder_one_killed(tmp_path, tiny_model_files, cli_env)
     first, second = (subprocess.Popen(args, cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True) for _ in range(2))
     try:
-        lock = _wait(lambda: _lock_owner_pids(out).get(second.pid), timeout=240)  # the second run claimed a video
-        part = lock.with_name(lock.name.removesuffix(".lock") + ".part")
-        _wait(part.exists)                                                   # ... and is writing it
+        def both_writing():
+            """The second run's locked video when both runs hold a video and the second is writing its .part."""
+            owners = _lock_owner_pids(out)
+            if not {first.pid, second.pid} <= set(owners):
+                return None
+            lock = owners[second.pid]
+            return lock if lock.with_name(lock.name.removesuffix(".lock") + ".part").exists() else None
+
+        # both runs hold a video at the same moment, so the later one has passed the other's video (skipped it)
+        _wait(both_writing, timeout=240)
         second.send_signal(signal.SIGKILL)
         _, second_err = second.communicate(timeout=60)
         _, first_err = first.communicate(timeout=300)
