@@ -53,3 +53,19 @@ def run_cli(tmp_path):
         return subprocess.run(cmd, cwd=cwd or tmp_path, env=env or make_cli_env(), capture_output=True, text=True,
                               timeout=timeout)
     return run
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory, a repository root without model files, and the hub switched on (tests mock it)."""
+    from huggingface_hub import constants
+
+    from wan import loading
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(loading, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return work

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mp4_probe import decoded, probe
+from polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,17 +107,6 @@ def test_directory_run_rerun_skips(run_cli, tmp_path, tiny_model_files):
     assert outputs(tmp_path / "out")["line_0000"][:2] == ["0-0_regular.json", "0-0_regular.mp4"]
 
 
-def _wait_for(predicate, timeout=120.0):
-    """Poll until predicate() is truthy."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_kill_mid_video_then_resume(tmp_path, tiny_model_files, cli_env, sig):
     """Killing a run while the 2nd video is written, then rerunning, leaves exactly the complete set."""
@@ -129,8 +118,8 @@ def test_kill_mid_video_then_resume(tmp_path, tiny_model_files, cli_env, sig):
     slow = cli_env(DEEP_FORCING_DEBUG_FRAME_DELAY="0.5")  # ~4.5 s to write each 9-frame video
     proc = subprocess.Popen(args, cwd=tmp_path, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        first = _wait_for(lambda: (out / "line_0000").is_dir() and list((out / "line_0000").glob("*.json")))
-        part = _wait_for(lambda: list(out.rglob("*.part")))
+        first = wait_for(lambda: (out / "line_0000").is_dir() and list((out / "line_0000").glob("*.json")))
+        part = wait_for(lambda: list(out.rglob("*.part")))
         assert "line_0001" in str(part[0])  # the second video is being written right now
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)

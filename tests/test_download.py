@@ -5,29 +5,14 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from wan.fixtures import write_checkpoint, write_model_folder
-from wan import loading
 from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
                          load_generator)
 
 WAN_CMD = "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"
 CKPT_CMD = "hf download gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt --local-dir ."
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty working directory, and a repository root without model files (so nothing is found anywhere)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(loading, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return work
 
 
 class FakeHub:

@@ -5,27 +5,13 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from wan import loading
 from wan.loading import ModelFilesError
 from wan.longlive_hub import DEFAULT_LONGLIVE_CHECKPOINT, DEFAULT_LONGLIVE_LORA, ensure_longlive_files
 
 CMD = ("hf download Efficient-Large-Model/LongLive models/longlive_base.pt models/lora.pt "
        "--local-dir longlive_models")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(loading, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return work
 
 
 class FakeHub:

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from app.prompts import PromptJob
 from app.switching import LivePrompts
 from media.video import WRITER_THREADS, Mp4Writer, encoder_threads, shared_pool
 from mp4_probe import fragments, probe
+from polling import wait_for
 from test_streaming import PROMPTS, SMALL, models, prompt_file, runner_for, settings_for  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -235,17 +235,6 @@ def _lock_owner_pids(out: Path) -> dict[int, Path]:
     return found
 
 
-def _wait(predicate, timeout=120.0):
-    """Poll until predicate() is truthy; returns its value."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_two_runs_share_a_folder_one_killed(tmp_path, tiny_model_files, cli_env):
     """Two CLI runs over 4 prompts into one folder split the work; the second is SIGKILLed mid-video; a rerun
     leaves exactly 4 videos whose decoded frame counts equal their sidecars, and no .part or lock file."""
@@ -266,7 +255,7 @@ def test_two_runs_share_a_folder_one_killed(tmp_path, tiny_model_files, cli_env)
             return lock if lock.with_name(lock.name.removesuffix(".lock") + ".part").exists() else None
 
         # both runs hold a video at the same moment, so the later one has passed the other's video (skipped it)
-        _wait(both_writing, timeout=240)
+        wait_for(both_writing, timeout=240)
         second.send_signal(signal.SIGKILL)
         _, second_err = second.communicate(timeout=60)
         _, first_err = first.communicate(timeout=300)
@@ -325,7 +314,7 @@ def test_live_prompts_replace_undecodable_bytes(caplog):
     import io
     stream = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nnext\n"), encoding="utf-8", errors="surrogateescape")
     live = LivePrompts(stream)
-    _wait(lambda: live.eof or live.pending() == 2)
+    wait_for(lambda: live.eof or live.pending() == 2)
     assert [live._lines.get_nowait() for _ in range(2)] == ["caf\ufffd", "next"]
     assert any("not valid UTF-8" in r.getMessage() for r in caplog.records)
 

@@ -5,7 +5,6 @@ import json
 import queue
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from app.settings import resolve_settings
 from app.switching import LivePrompts
 from media.video import Mp4Writer, to_uint8
 from mp4_probe import fragments, frame_count, probe
+from polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("height=32", "width=32")                 # latent 4x4
@@ -288,14 +288,6 @@ class FakeStdin:
             return ""
 
 
-def _wait(predicate, timeout=30.0):
-    """Poll until predicate() holds."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.01)
-
-
 def test_interactive_switch_and_stop(models, tmp_path, tiny_model_files):
     """A line typed during chunk 0 switches the prompt at chunk 1; blank lines and the prompt in use change nothing;
     '/stop' typed during chunk 2 ends the video there, complete and playable."""
@@ -310,7 +302,7 @@ def test_interactive_switch_and_stop(models, tmp_path, tiny_model_files):
         """Type lines while the video renders; wait until the reader thread has queued them."""
         for line in typed.get(i, []):
             stdin.feed(line)
-        _wait(lambda: live.pending() == 1)
+        wait_for(lambda: live.pending() == 1, timeout=30)
 
     slots = inference.output_plan(settings)[0]
     runner.render(settings.jobs[0], slots, live=live, on_chunk=after_chunk)
@@ -334,7 +326,7 @@ def test_endless_interactive_ends_with_input(models, tmp_path, tiny_model_files)
         """Close stdin after chunk 3."""
         if i == 3:
             stdin.feed("")
-            _wait(lambda: live.eof)
+            wait_for(lambda: live.eof, timeout=30)
 
     slots = inference.output_plan(settings)[0]
     runner.render(settings.jobs[0], slots, live=live, on_chunk=after_chunk)
