@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline
+from pipeline.rollout import Rollout, RolloutInputs
 from wan.loading import ensure_model_files, load_generator
 from wan.memory import should_offload_text_encoder
 from wan.attention import attention_backend
@@ -84,7 +84,7 @@ class RenderResult:
 class VideoRunner:
     """Text encoder, causal DiT, VAE and rollout pipeline, built once and reused for every prompt."""
 
-    def __init__(self, settings: RunSettings, text_encoder, model, vae, pipeline: CausalInferencePipeline,
+    def __init__(self, settings: RunSettings, text_encoder, model, vae, pipeline: Rollout,
                  progress: bool = True):
         self.settings, self.text_encoder, self.model, self.vae, self.pipeline = (settings, text_encoder, model,
                                                                                  vae, pipeline)
@@ -119,7 +119,7 @@ class VideoRunner:
         if settings.compile:
             model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
-        pipeline = CausalInferencePipeline(model, settings.rollout, settings.policy)
+        pipeline = Rollout(model, settings.rollout, settings.policy)
         logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
         return cls(settings, text_encoder, model, vae, pipeline, progress=progress)
 
@@ -230,8 +230,8 @@ class VideoRunner:
             for out in outputs:
                 stack.enter_context(out)
             longlive = {} if s.longlive is None else {"global_sink": s.longlive.global_sink}
-            chunks = self.pipeline.iter_chunks(embeds, noise, source, prompt_switch=switcher, recache=s.recache,
-                                               image_latent=image, **longlive)
+            chunks = self.pipeline.frames(RolloutInputs(embeds, noise, source, prompt_switch=switcher, recache=s.recache,
+                                               image_latent=image, **longlive))
             stack.callback(chunks.close)
             tick = time.perf_counter()
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]

@@ -19,14 +19,14 @@ from pathlib import Path
 import psutil
 import torch
 
-from pipeline.causal_inference import RolloutConfig
+from pipeline.rollout import RolloutConfig
 from pipeline.policies import CachePolicy, CachePolicyError, build_policy, policy_parameters
 from wan.config import WanConfig
 from wan.loading import (CONFIG_FILE, DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, check_model_files,
                          generator_state_dict, load_torch_file, read_wan_config, resolve_path)
 from wan.vae import load_vae_config
 from utils.frames import video_frames
-from utils.paths import REPO_ROOT
+from utils.paths import PROMPTS_DIR
 
 from .image_input import ImageInput
 from .cli_config import CACHE_KEYS, CLIError, Layer, LoadedConfig, get, load_config, rollout_params
@@ -39,8 +39,8 @@ from media.video import MACRO_BLOCK, check_encoder
 logger = logging.getLogger(__name__)
 
 OFFLINE_VALUES = {"1", "true", "yes", "on"}
-DEFAULT_PROMPTS = REPO_ROOT / "prompts" / "examples.txt"
-DEMO_PROMPTS = REPO_ROOT / "prompts" / "demo.txt"
+DEFAULT_PROMPTS = PROMPTS_DIR / "examples.txt"
+DEMO_PROMPTS = PROMPTS_DIR / "demo.txt"
 # --demo: small frames and enough chunks to overflow the 21-frame window once, so the tiny model runs in seconds
 DEMO = Layer("--demo", {"height": 64, "width": 112, "num_output_frames": 24, "output_folder": "output/demo"})
 

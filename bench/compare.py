@@ -33,7 +33,7 @@ import json, sys, time, torch
 torch.set_num_threads(1)
 from wan.config import WanConfig
 from wan.causal_model import CausalWanModel
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 from pipeline.policies import build_policy
 spec = json.loads(sys.argv[1])
 torch.manual_seed(0)
@@ -42,12 +42,12 @@ cfg = model.config
 h, w = spec["latent_hw"]
 out = {}
 for mode, params in spec["modes"].items():
-    pipe = CausalInferencePipeline(model, RolloutConfig(), build_policy(mode, **params))
+    pipe = Rollout(model, RolloutConfig(), build_policy(mode, **params))
     g = torch.Generator().manual_seed(1)
     text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
     noise = torch.randn(1, spec["frames"], cfg.in_dim, h, w, generator=g)
     times, t0 = [], time.perf_counter()
-    for _ in pipe.iter_chunks(text, noise, g):
+    for _ in pipe.frames(RolloutInputs(text, noise, g)):
         t1 = time.perf_counter()
         times.append(t1 - t0)
         t0 = t1
@@ -60,11 +60,11 @@ class Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 ops = {}
 for mode, params in spec["modes"].items():  # ATen ops of one steady chunk: a timing-free figure
-    pipe = CausalInferencePipeline(model, RolloutConfig(), build_policy(mode, **params))
+    pipe = Rollout(model, RolloutConfig(), build_policy(mode, **params))
     g = torch.Generator().manual_seed(1)
     text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
     noise = torch.randn(1, spec["frames"], cfg.in_dim, h, w, generator=g)
-    it = pipe.iter_chunks(text, noise, g)
+    it = pipe.frames(RolloutInputs(text, noise, g))
     for _ in range(spec["steady_from"]):
         next(it)
     Ops.n = 0
@@ -85,10 +85,10 @@ with torch.device("meta"):
     meta_model = CausalWanModel(WanConfig(**spec["dit"])).eval().requires_grad_(False)
 transfers = {}
 for mode, params in spec["modes"].items():  # host<->device copies of one steady chunk on the meta device
-    pipe = CausalInferencePipeline(meta_model, RolloutConfig(), build_policy(mode, **params))
+    pipe = Rollout(meta_model, RolloutConfig(), build_policy(mode, **params))
     text = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
     noise = torch.randn(1, spec["frames"], cfg.in_dim, h, w, device="meta")
-    it = pipe.iter_chunks(text, noise, lambda shape, dtype, dev: torch.randn(shape, dtype=dtype, device=dev))
+    it = pipe.frames(RolloutInputs(text, noise, lambda shape, dtype, dev: torch.randn(shape, dtype=dtype, device=dev)))
     for _ in range(spec["steady_from"]):
         next(it)
     Transfers.n = 0

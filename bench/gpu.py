@@ -93,7 +93,7 @@ def stage_environment(ctx: dict) -> dict:
 
 def stage_equality(ctx: dict) -> dict:
     """Tiny fp32 model: device rollout vs CPU rollout in every mode (same noise), max |diff| per mode."""
-    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+    from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
     device = torch.device(ctx["preset"].device)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -110,7 +110,7 @@ def stage_equality(ctx: dict) -> dict:
                 text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
                 noise = torch.randn(1, 30, *tiny.latent_shape, generator=g)
                 renoise = (lambda shape, dtype, dev, _g=g: torch.randn(shape, generator=_g, dtype=dtype).to(dev))
-                pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+                pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
                 results.append(pipe.generate(text, noise.to(model.device), renoise).cpu())
             diff = (results[0] - results[1]).abs().max().item()
             scale = results[0].abs().max().item()
@@ -143,14 +143,14 @@ def open_writer(path: Path, width: int, height: int, fps: float):
 def _rollout(ctx: dict, mode: str, latent_frames: int, decode: bool, write: bool, low_memory: bool = False,
              prompt_switch=None, text=None, deadline: Budget | None = None, margin_s: float = 0.0) -> dict:
     """One timed rollout: per chunk DiT / VAE / write seconds (device events), kinds and memory."""
-    from pipeline.causal_inference import CausalInferencePipeline, LazyNoise, RolloutConfig
+    from pipeline.rollout import Rollout, LazyNoise, RolloutConfig
     preset = ctx["preset"]
     model, vae = _models(ctx)
     device = model.device
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the previous rollout's cache must not count in this one's reserved peak
-    pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+    pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
     cfg = model.config
     clock, gpu = Clock(device), GpuMemory(device)
     if text is None:
@@ -174,7 +174,7 @@ def _rollout(ctx: dict, mode: str, latent_frames: int, decode: bool, write: bool
     gpu.reset_peak()
     t0 = time.perf_counter()
     start = clock.mark()
-    it = pipe.iter_chunks(text, noise, noise_source(device, 2), prompt_switch=prompt_switch)
+    it = pipe.frames(RolloutInputs(text, noise, noise_source(device, 2), prompt_switch=prompt_switch))
     try:
         while True:
             if deadline is not None and deadline.left() < margin_s:
@@ -283,7 +283,7 @@ def stage_profile(ctx: dict) -> dict:
     """torch.profiler top kernels of the first eviction chunk (Self Forcing) and compression chunk (DS + PC)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+    from pipeline.rollout import Rollout, RolloutConfig
     preset = ctx["preset"]
     model, _ = _models(ctx)
     device = model.device
@@ -293,12 +293,12 @@ def stage_profile(ctx: dict) -> dict:
     for mode, event in (("self_forcing", "evict"), ("deep_sink_pc", "compress")):
         kinds = ctx.get("kinds", {}).get(mode, [])
         target = kinds.index(event) if event in kinds else 7  # 7: the 21-frame window fills after 7 chunks of 3
-        pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+        pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
         cfg = model.config
         text = torch.randn(1, cfg.text_len, cfg.text_dim, dtype=model.dtype, device=device)
         noise = torch.randn(1, (target + 1) * preset.chunk_frames, *preset.latent_shape, dtype=model.dtype,
                             device=device)
-        it = pipe.iter_chunks(text, noise, noise_source(device, 3))
+        it = pipe.frames(RolloutInputs(text, noise, noise_source(device, 3)))
         for _ in range(target):
             next(it)
         before = pipe.kv.layers[0].n

@@ -37,7 +37,7 @@ def random_inputs(pipe, latent_shape, latent_frames: int, settings: RunSettings)
     The noise is one tensor [1, T, C, h, w] on the device (upstream's order, grows with T), or in low-memory mode a
     ``LazyNoise`` drawn chunk by chunk (memory independent of the length).
     """
-    from pipeline.causal_inference import LazyNoise
+    from pipeline.rollout import LazyNoise, RolloutInputs
     model = pipe.model
     cfg, device = model.config, model.device
     g = None if device.type == "meta" else torch.Generator(device=device).manual_seed(settings.seed)
@@ -68,7 +68,7 @@ def run_video(pipe, vae, latent_shape, latent_frames: int, settings: RunSettings
     decoder = vae.stream_decoder() if (vae is not None and settings.decode) else None
     clock.sync()
     t0 = time.perf_counter()
-    for _, _, x0 in pipe.iter_chunks(text, noise, noise_source(device, settings.seed)):
+    for _, _, x0 in pipe.frames(RolloutInputs(text, noise, noise_source(device, settings.seed))):
         if decoder is not None:
             _decode(decoder, x0, settings, device)
     clock.sync()
@@ -99,7 +99,7 @@ def measure_rollout(pipe, vae, latent_shape, latent_frames: int, settings: RunSe
         clock.sync()
         gpu.reset_peak()
         wall0 = time.perf_counter()
-        it = pipe.iter_chunks(text, noise, noise_source(device, settings.seed))
+        it = pipe.frames(RolloutInputs(text, noise, noise_source(device, settings.seed)))
         start = clock.mark()
         while True:
             before = pipe.kv.layers[0].n if raw else 0

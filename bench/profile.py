@@ -128,7 +128,7 @@ class OpCounter(TorchDispatchMode):
 
 def profile(preset, mode: str, latent_frames: int, decode: bool = True) -> dict:
     """Per-chunk exclusive milliseconds per category (normal vs event chunks) and ATen ops per DiT call."""
-    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+    from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 
     from .vae import BenchVAE
     model = build_random_model(preset)
@@ -137,10 +137,10 @@ def profile(preset, mode: str, latent_frames: int, decode: bool = True) -> dict:
     timer = CategoryTimer()
     per_kind: dict[str, list[dict]] = defaultdict(list)
     with instrumented(timer):
-        pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+        pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
         text, noise = random_inputs(pipe, preset.latent_shape, latent_frames, settings)
         decoder = vae.stream_decoder() if vae else None
-        it = pipe.iter_chunks(text, noise, noise_source(model.device, 0))
+        it = pipe.frames(RolloutInputs(text, noise, noise_source(model.device, 0)))
         first = True
         while True:
             before = pipe.kv.layers[0].n if not first else 0

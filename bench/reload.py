@@ -26,7 +26,7 @@ CHECKPOINT_NAME = "bench_checkpoint.pt"
 def process_start_seconds(device: torch.device) -> float:
     """Wall seconds of a fresh interpreter importing torch, diffusers, transformers and this project (and
     creating the CUDA context on CUDA): what every per-prompt process pays before it loads a weight."""
-    code = ("import torch, diffusers, transformers\nimport wan.causal_model, wan.vae, pipeline.causal_inference\n"
+    code = ("import torch, diffusers, transformers\nimport wan.causal_model, wan.vae, pipeline.rollout\n"
             + ("torch.zeros(1, device='cuda'); torch.cuda.synchronize()\n" if device.type == "cuda" else ""))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

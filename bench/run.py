@@ -150,7 +150,7 @@ def _resolve(args):
 
 def run(args) -> Path:
     """Run the benchmark described by ``args``; returns the output folder."""
-    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+    from pipeline.rollout import Rollout, RolloutConfig
 
     from .reload import measure_reload
     from .vae import BenchVAE
@@ -187,7 +187,7 @@ def run(args) -> Path:
     if args.reload_prompts > 0 and not meta:
         logger.info("one process vs reload per prompt (%d prompts)", args.reload_prompts)
         mode = args.modes[-1]
-        reload = measure_reload(preset, model, vae, lambda m: CausalInferencePipeline(m, rollout, make_policy(mode)[0]),
+        reload = measure_reload(preset, model, vae, lambda m: Rollout(m, rollout, make_policy(mode)[0]),
                                 args.reload_prompts, preset.latent_frames_for(args.reload_seconds), settings)
         reload["mode"] = mode
     results = {
@@ -212,7 +212,7 @@ def run(args) -> Path:
 def _measure_all(args, preset, model, vae, rollout, settings, lengths, calls, geometry, compiled):
     """Every (mode, length), ``--repeats`` times, modes interleaved per length so that they see the same machine
     state; per (mode, length) the repeat with the median end-to-end FPS is kept (all repeats' FPS are listed)."""
-    from pipeline.causal_inference import CausalInferencePipeline
+    from pipeline.rollout import Rollout
     device = model.device
     collected: dict[tuple, list] = {}
     modes_info = {m: {"warmup": []} for m in args.modes}
@@ -220,7 +220,7 @@ def _measure_all(args, preset, model, vae, rollout, settings, lengths, calls, ge
         for seconds, T in lengths:
             for mode in args.modes:
                 policy, impl = make_policy(mode)
-                pipe = CausalInferencePipeline(model, rollout, policy)
+                pipe = Rollout(model, rollout, policy)
                 warm = warm_up(pipe, vae, preset.latent_shape, settings)
                 first = not any(modes_info[m]["warmup"] for m in args.modes)
                 logger.info("%s: warm-up %d chunk(s) %.2f s%s", mode, warm["chunks"], warm["seconds"],

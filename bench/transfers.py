@@ -78,7 +78,7 @@ def count_transfers(fn, *args, **kwargs) -> tuple[object, TransferLog]:
 
 def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, where: bool = False) -> list[TransferLog]:
     """Transfers made by each chunk of ``pipe.iter_chunks`` (the generator is advanced under the counter)."""
-    it = pipe.iter_chunks(text, noise, renoise)
+    it = pipe.frames(RolloutInputs(text, noise, renoise))
     logs = []
     while True:
         with CountTransfers(where) as mode:
@@ -103,14 +103,14 @@ def decode_transfers(vae, latents: torch.Tensor, chunks: int) -> list[TransferLo
 
 def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False) -> list[TransferLog]:
     """Per-chunk transfers of the CPU preset's tiny model on the meta device in cache ``mode``."""
-    from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+    from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 
     from .measure import noise_source
     from .modes import make_policy
     from .presets import build_random_model, get_preset
     preset = get_preset("cpu").with_overrides(device="meta")
     model = build_random_model(preset)
-    pipe = CausalInferencePipeline(model, RolloutConfig(), make_policy(mode)[0])
+    pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
     cfg = model.config
     text = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
     noise = torch.randn(1, latent_frames, *preset.latent_shape, device="meta")

@@ -42,6 +42,26 @@ class Plan:
     extras: dict = field(default_factory=dict)  # event-specific trace keys (filled only when tracing)
 
 
+SLOT = "slot"  # per-token aux field: index of the token inside its source frame (kept for re-caching)
+
+
+@dataclass
+class Rewrite:
+    """A re-cache's new keys/values for one layer, applied by ``KVCache.rewrite`` (pipeline.recache).
+
+    ``replace`` False: k, v [batch, n, H, D] for the committed slots [0, n), taken where ``where`` [batch, n] is
+    true (None: everywhere), with new positions ``t_pos`` [batch, n] (None: unchanged). ``replace`` True: k, v
+    [batch, m, H, D] become the whole layer, with ``t_pos`` and ``frame`` [m] for every sample.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    where: torch.Tensor | None = None
+    t_pos: torch.Tensor | None = None
+    frame: torch.Tensor | None = None
+    replace: bool = False
+
+
 class LayerKVCache:
     """Storage of one layer: k, v [batch, cap, H, D]; t_pos, frame [batch, cap] (int64); ``n`` committed tokens.
 
@@ -280,6 +300,36 @@ class KVCache:
         """After the clean pass: the staged chunk becomes context in every layer."""
         for layer in self.layers:
             layer.commit()
+
+    def mark_token_slots(self) -> None:
+        """Record, for the staged chunk of every layer, each token's index inside its frame (before ``commit``)."""
+        F = self.tokens_per_frame
+        for cache in self.layers:
+            slot = cache.aux_field(SLOT)
+            cache.write_staged(slot, torch.arange(cache.staged, device=slot.device) % F)
+
+    def rewrite(self, layer: int, r: Rewrite) -> None:
+        """Apply a re-cache's ``Rewrite`` to ``layer`` (see ``Rewrite``)."""
+        cache = self.layers[layer]
+        if r.replace:
+            m = r.k.shape[1]
+            if m > cache.capacity:
+                raise RuntimeError(f"a re-cache of {m} tokens does not fit the cache capacity {cache.capacity}")
+            cache.k[:, :m], cache.v[:, :m] = r.k, r.v
+            cache.t_pos[:, :m], cache.frame[:, :m] = r.t_pos, r.frame
+            for name, values in cache.aux.items():
+                values[:, :m] = torch.arange(m, device=values.device) % self.tokens_per_frame if name == SLOT else 0
+            cache.n = m
+            return
+        n = cache.n
+        if r.where is None:
+            cache.k[:, :n], cache.v[:, :n] = r.k, r.v
+        else:
+            keep = r.where[:, :, None, None]
+            cache.k[:, :n] = torch.where(keep, r.k, cache.k[:, :n])
+            cache.v[:, :n] = torch.where(keep, r.v, cache.v[:, :n])
+        if r.t_pos is not None:
+            cache.t_pos[:, :n] = r.t_pos if r.where is None else torch.where(r.where, r.t_pos, cache.t_pos[:, :n])
 
 
 def _host(x: torch.Tensor) -> torch.Tensor:

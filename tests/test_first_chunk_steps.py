@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig
 from pipeline.policies import build_policy
 
 from tiny import text_embeds, tiny_model
@@ -16,7 +16,7 @@ def _recorded_rollout(steps, first, num_chunks, chunk=1, batch=1, image=False):
     """Run a rollout; return the log of DiT calls ("call", start_frame, t) and re-noise draws ("draw", shape)."""
     model = tiny_model(4)
     cfg = RolloutConfig(denoising_step_list=steps, denoising_step_list_first_chunk=first, num_frame_per_block=chunk)
-    pipe = CausalInferencePipeline(model, cfg, build_policy("self_forcing", local_attn_size=21))
+    pipe = Rollout(model, cfg, build_policy("self_forcing", local_attn_size=21))
     log = []
 
     def hook(module, args, kwargs):
@@ -100,7 +100,7 @@ def test_seeded_rollout_draws_initial_noise_first_then_chunk_by_chunk():
     model = tiny_model(4)
     cfg = RolloutConfig(denoising_step_list=[1000, 500], denoising_step_list_first_chunk=FOUR,
                         num_frame_per_block=1)
-    pipe = CausalInferencePipeline(model, cfg, build_policy("self_forcing", local_attn_size=21))
+    pipe = Rollout(model, cfg, build_policy("self_forcing", local_attn_size=21))
     text = text_embeds(1, model.config)
     g = torch.Generator().manual_seed(9)
     noise = torch.randn(1, 6, *LATENT, generator=g)

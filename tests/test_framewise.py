@@ -5,7 +5,7 @@ import torch
 
 import test_policies_reference as policy_ref
 from naive_wan import naive_rollout
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 from pipeline.policies import build_policy
 from test_policies import text
 
@@ -32,7 +32,7 @@ def test_policy_invariants_over_a_framewise_rollout(name):
     events = []
     policy = build_policy(**cfg, trace=events.append)
     S, L = policy.sink_size, policy.window_frames
-    pipe = CausalInferencePipeline(tiny_model(3), FRAMEWISE, policy)
+    pipe = Rollout(tiny_model(3), FRAMEWISE, policy)
     T = 40
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(2))
     calls, written, after_event, sizes = {}, {}, {}, []
@@ -65,7 +65,7 @@ def test_policy_invariants_over_a_framewise_rollout(name):
 
     policy.observe_queries = watched
     policy.trace = on_event
-    for i, f, _ in pipe.iter_chunks(text(), noise, torch.Generator().manual_seed(4)):
+    for i, f, _ in pipe.frames(RolloutInputs(text(), noise, torch.Generator().manual_seed(4))):
         for layer in range(2):
             c = pipe.kv.layers[layer]
             new = c.order()[c.n - F:]  # the slots of frame f
@@ -101,7 +101,7 @@ def test_framewise_rollout_equals_naive_wan_reference(window, sink, T):
     prompt = text_embeds(1, model.config)
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(11))
     policy = build_policy("self_forcing", local_attn_size=window, sink_size=sink)
-    ours = CausalInferencePipeline(model, FRAMEWISE, policy).generate(prompt, noise, torch.Generator().manual_seed(7))
+    ours = Rollout(model, FRAMEWISE, policy).generate(prompt, noise, torch.Generator().manual_seed(7))
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     ref = naive_rollout(sd, model.config.to_dict(), prompt, noise, torch.Generator().manual_seed(7),
                         window=21 if window == -1 else window, sink=sink, chunk=1)
@@ -127,7 +127,7 @@ def test_framewise_rollout_equals_naive_cache_reference(name, monkeypatch):
     prompt[:, 6:] = 0
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(4))
     trace = []
-    pipe = CausalInferencePipeline(model, FRAMEWISE, build_policy(**cfg, trace=trace.append))
+    pipe = Rollout(model, FRAMEWISE, build_policy(**cfg, trace=trace.append))
     ours = pipe.generate(prompt, noise, torch.Generator().manual_seed(5))
 
     ref_cache = policy_ref.NaiveCache(cfg["mode"], F, L=cfg["local_attn_size"], S=cfg["sink_size"],
@@ -152,9 +152,9 @@ def test_framewise_rollout_equals_naive_cache_reference(name, monkeypatch):
 def test_deep_sink_framewise_worked_example():
     """B = 1, L 21, S 10: at f = 21 frame 10 goes, sink at 0-9, tail 11-20; at f = 22 sink at 1-10, tail 12-21."""
     policy = build_policy("deep_sink", local_attn_size=21, sink_size=10)
-    pipe = CausalInferencePipeline(tiny_model(3), FRAMEWISE, policy)
+    pipe = Rollout(tiny_model(3), FRAMEWISE, policy)
     seen = {}
-    for i, f, _ in pipe.iter_chunks(text(), torch.randn(1, 23, *LATENT), torch.Generator().manual_seed(1)):
+    for i, f, _ in pipe.frames(RolloutInputs(text(), torch.randn(1, 23, *LATENT), torch.Generator().manual_seed(1))):
         c = pipe.kv.layers[0]  # after the chunk's commit: sink | tail | chunk f
         seen[f] = (c.frame[0, c.order()[::F]].tolist(), c.t_pos[0, c.order()[::F]].tolist())
     assert seen[20] == (list(range(21)), list(range(21)))  # full, nothing moved yet
@@ -172,7 +172,7 @@ def test_pc_framewise_compresses_every_six_frames_with_the_released_recent_queri
     trace, rows, timesteps = [], [], []
     policy = build_policy(**POLICIES["deep_sink_pc"], trace=trace.append)
     model = tiny_model(3)
-    pipe = CausalInferencePipeline(model, FRAMEWISE, policy)
+    pipe = Rollout(model, FRAMEWISE, policy)
     observe = policy.observe_queries
 
     def watched(kv, layer, q, pos):
@@ -204,7 +204,7 @@ def test_rollout_past_latent_frame_1100(mode, chunk):
                         num_frame_per_block=chunk)  # Causal Forcing++ 1-step: one call + the clean pass per chunk
     params = {"self_forcing": dict(sink_size=3), "deep_sink": dict(sink_size=10),
               "deep_sink_pc": dict(sink_size=10, budget=16, recent=4)}[mode]
-    pipe = CausalInferencePipeline(tiny_model(2, num_layers=1), cfg, build_policy(mode, **params))
+    pipe = Rollout(tiny_model(2, num_layers=1), cfg, build_policy(mode, **params))
     T = 1104
     out = pipe.generate_seeded(text(), T, (16, 2, 2), seed=3)  # F = 1 token per frame
     assert out.shape[1] == T and torch.isfinite(out).all()

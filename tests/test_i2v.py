@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from media.image import ImageInputError, image_sha256, load_image
-from pipeline.causal_inference import CausalInferencePipeline, ImageToVideoError, RolloutConfig
+from pipeline.rollout import ImageToVideoError, Rollout, RolloutConfig, RolloutInputs
 from pipeline.policies import build_policy
 from wan.fixtures import write_tiny_model
 from wan.vae import WanVAE
@@ -126,7 +126,7 @@ def test_encode_is_the_normalised_posterior_mean(vae, image):
 
 # ---------------------------------------------------------------------------------------------- I2V rollout
 def _pipe(model, cfg, trace=None, **rollout):
-    return CausalInferencePipeline(model, RolloutConfig(**{**FRAMEWISE, **rollout}),
+    return Rollout(model, RolloutConfig(**{**FRAMEWISE, **rollout}),
                                    build_policy(**cfg, trace=trace))
 
 
@@ -183,7 +183,7 @@ def test_streaming_yields_the_image_as_chunk_0_then_frame_i_with_chunked_noise(l
     pipe = _pipe(model, MODES["deep_sink_pc"])
     noise, source = pipe.seeded_noise(1, None, tuple(latent.shape[1:]), seed=1, noise_order="chunked")
     starts = []
-    for i, f, x0 in pipe.iter_chunks(text_embeds(1, model.config), noise, source, image_latent=latent):
+    for i, f, x0 in pipe.frames(RolloutInputs(text_embeds(1, model.config), noise, source, image_latent=latent)):
         assert x0.shape[:2] == (1, 1)
         if i == 0:
             assert torch.equal(x0[:, 0], latent)
@@ -220,7 +220,7 @@ def test_prompt_switch_with_recache_keeps_the_image_frame(latent):
 
 
 def test_image_to_video_needs_frame_wise_chunks(latent):
-    pipe = CausalInferencePipeline(tiny_model(5), RolloutConfig(), build_policy("self_forcing"))
+    pipe = Rollout(tiny_model(5), RolloutConfig(), build_policy("self_forcing"))
     with pytest.raises(ImageToVideoError, match="num_frame_per_block") as err:
         pipe.generate_seeded(text_embeds(1, pipe.model.config), 4, tuple(latent.shape[1:]), seed=1,
                              image_latent=latent)

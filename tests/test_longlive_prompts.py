@@ -4,6 +4,8 @@ import logging
 
 import pytest
 import torch
+
+from pipeline.rollout import RolloutInputs
 import yaml
 
 from utils.errors import CLIError
@@ -103,7 +105,7 @@ def test_switcher_follows_the_schedule_in_a_rollout(tmp_path):
     switcher = PromptSwitcher(CLOCK, encode, ll.jobs()[0].text, schedule=ll.schedule(0, CLOCK))
     pipe = tiny_pipeline(model, local_attn_size=12, sink_size=3)
     noise = torch.randn(1, 15, 16, 4, 4, generator=torch.Generator().manual_seed(0))
-    list(pipe.iter_chunks(embeds["p0"], noise, torch.Generator().manual_seed(1), prompt_switch=switcher,
-                          recache="longlive"))
+    list(pipe.frames(RolloutInputs(embeds["p0"], noise, torch.Generator().manual_seed(1), prompt_switch=switcher,
+                          recache="longlive")))
     assert fired == ["p1", "p2"]
     assert [(s["chunk"], s["latent_frame"], s["prompt"]) for s in switcher.switches] == [(2, 6, "p1"), (3, 9, "p2")]

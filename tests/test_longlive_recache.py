@@ -3,6 +3,8 @@ absolute positions, no cache object), for global_sink true and false, switches b
 import pytest
 import torch
 
+from pipeline.rollout import RolloutInputs
+
 from naive_wan import _sigma_table, naive_forward
 from pipeline.recache import CleanLatentStore, LongLiveRecache, recache_store
 from pipeline.policies import SelfForcingWindow, build_policy, registered_modes
@@ -81,9 +83,9 @@ def model():
 
 def _run(model, prompts, noise, recache, global_sink=True, policy=None):
     pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S, policy=policy)
-    chunks = list(pipe.iter_chunks(prompts[0], noise, torch.Generator().manual_seed(7),
+    chunks = list(pipe.frames(RolloutInputs(prompts[0], noise, torch.Generator().manual_seed(7),
                                    prompt_switch=lambda i, f: prompts.get(i), recache=recache,
-                                   global_sink=global_sink))
+                                   global_sink=global_sink)))
     return torch.cat([x0 for _, _, x0 in chunks], dim=1), pipe
 
 
@@ -155,8 +157,8 @@ def test_longlive_recache_past_frame_1100():
                369: text_embeds(1, model.config, seed=3)}  # switches at f = 1101 and 1107
     noise, source = pipe.seeded_noise(1, 1113, (16, 2, 2), seed=0, noise_order="chunked")
     last = None
-    for i, f, x0 in pipe.iter_chunks(prompts[0], noise, source, prompt_switch=lambda i, f: prompts.get(i),
-                                     recache="longlive", global_sink=global_sink):
+    for i, f, x0 in pipe.frames(RolloutInputs(prompts[0], noise, source, prompt_switch=lambda i, f: prompts.get(i),
+                                     recache="longlive", global_sink=global_sink)):
         last = x0
     assert torch.isfinite(last).all()
     sink = pipe.kv.layers[0].frame[0, :S].tolist()  # F = 1 token per frame

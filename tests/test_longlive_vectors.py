@@ -2,7 +2,7 @@
 time) from the recipes stored with the reference vector, computed by LongLive's own code."""
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig
 from pipeline.policies import SelfForcingWindow
 from reference_vectors import load_vector, run_vector, vector_model
 from wan.lora import merge_lora
@@ -20,7 +20,7 @@ def test_released_longlive_vector(tmp_path):
     lora_file = tmp_path / "lora.pt"
     torch.save({"generator_lora": lora["state_dict"], "critic_lora": {}, "step": 0}, lora_file)
     assert merge_lora(model, lora_file, lora["alpha"], lora["rank"]) == 2.0
-    pipe = CausalInferencePipeline(model, RolloutConfig.from_dict(r),
+    pipe = Rollout(model, RolloutConfig.from_dict(r),
                                    SelfForcingWindow(local_attn_size=r["local_attn_size"], sink_size=r["sink_size"]))
     diff = run_vector(pipe, d)
     assert diff < 1e-4, f"max abs difference {diff}"

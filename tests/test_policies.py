@@ -3,7 +3,7 @@ against an independent score, the ramp test, state reset between prompts, long r
 import pytest
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 from pipeline.kv_cache import KVCache
 from pipeline.policies import (CachePolicyError, DeepSink, ParticipativeCompression, SelfForcingWindow,
                                build_policy, select_mode, select_top)
@@ -109,7 +109,7 @@ def test_policy_invariants_over_a_rollout(name):
     trace = []
     policy = build_policy(trace=trace.append, **cfg)
     S, L = policy.sink_size, policy.window_frames
-    pipe = CausalInferencePipeline(tiny_model(3), RolloutConfig(), policy)
+    pipe = Rollout(tiny_model(3), RolloutConfig(), policy)
     T = 42  # 14 chunks: PC compresses at f = 21, 27, 33, 39
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(2))
 
@@ -166,7 +166,7 @@ def test_policy_invariants_over_a_rollout(name):
 
     policy.observe_queries = watched
     policy.trace = on_event
-    for i, f, _ in pipe.iter_chunks(text(), noise, torch.Generator().manual_seed(4)):
+    for i, f, _ in pipe.frames(RolloutInputs(text(), noise, torch.Generator().manual_seed(4))):
         for layer in range(2):
             c = pipe.kv.layers[layer]
             assert c.n <= L * F
@@ -434,9 +434,9 @@ def test_prompts_in_one_process_equal_fresh_pipelines(name):
     def run(pipe, which):
         return pipe.generate(text(10 + which), noise[which:which + 1], torch.Generator().manual_seed(which))
 
-    shared = CausalInferencePipeline(model, RolloutConfig(), build_policy(**POLICIES[name]))
+    shared = Rollout(model, RolloutConfig(), build_policy(**POLICIES[name]))
     a1, b1, a2 = run(shared, 0), run(shared, 1), run(shared, 0)
-    b2 = run(CausalInferencePipeline(model, RolloutConfig(), build_policy(**POLICIES[name])), 1)
+    b2 = run(Rollout(model, RolloutConfig(), build_policy(**POLICIES[name])), 1)
     assert torch.equal(a1, a2) and torch.equal(b1, b2) and not torch.equal(a1, b1)
 
 
@@ -454,7 +454,7 @@ def test_pc_batch_of_two_equals_two_single_runs():
         return draw
 
     trace = []
-    pipe = CausalInferencePipeline(model, RolloutConfig(), build_policy(**POLICIES["deep_sink_pc"],
+    pipe = Rollout(model, RolloutConfig(), build_policy(**POLICIES["deep_sink_pc"],
                                                                         trace=trace.append))
     both = pipe.generate(torch.cat([text(1), text(2)]), noise, source(None))
     sel = [r["selected"] for r in trace if r["event"] == "compress"]
@@ -468,7 +468,7 @@ def test_pc_batch_of_two_equals_two_single_runs():
 def test_rollout_past_latent_frame_1100(name):
     model = tiny_model(2)
     cfg = RolloutConfig(denoising_step_list=[1000])  # one step + clean pass per chunk keeps this fast
-    pipe = CausalInferencePipeline(model, cfg, build_policy(**POLICIES[name]))
+    pipe = Rollout(model, cfg, build_policy(**POLICIES[name]))
     out = pipe.generate_seeded(text(), 1104, (16, 2, 2), seed=3)  # F = 1
     assert out.shape[1] == 1104 and torch.isfinite(out).all()
     c = pipe.kv.layers[0]
@@ -535,7 +535,7 @@ def test_invalid_settings_raise_one_clear_error(kwargs, chunk, match):
 
 def test_pipeline_validates_the_policy_against_the_chunk_size():
     with pytest.raises(CachePolicyError, match="--Recent=2"):
-        CausalInferencePipeline(tiny_model(), RolloutConfig(), build_policy("deep_sink_pc", sink_size=10, recent=2,
+        Rollout(tiny_model(), RolloutConfig(), build_policy("deep_sink_pc", sink_size=10, recent=2,
                                                                             budget=16))
 
 

@@ -8,7 +8,7 @@ numbers (no re-basing), and its own chunk loop. No KVCache, no policy class.
 import pytest
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig
 from pipeline.policies import build_policy
 from pipeline.scheduler import FlowMatchScheduler
 
@@ -163,7 +163,7 @@ def test_rollout_equals_naive_reference(name):
     prompt[:, 6:] = 0
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(4))
     trace = []
-    pipe = CausalInferencePipeline(model, RolloutConfig(), build_policy(**cfg, trace=trace.append))
+    pipe = Rollout(model, RolloutConfig(), build_policy(**cfg, trace=trace.append))
     ours = pipe.generate(prompt, noise, torch.Generator().manual_seed(5))
 
     F = model.config.tokens_per_frame(*LATENT[1:])

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from pipeline.rollout import RolloutInputs
+
 from pipeline.policies import build_policy
 from tiny import text_embeds, tiny_model, tiny_pipeline
 
@@ -70,7 +72,7 @@ def test_recache_rewrites_retained_values_and_keep_mode_does_not(model, mode):
         original_begin = pipe.kv.begin_chunk
         pipe.kv.begin_chunk = begin
         noise = torch.randn(1, 24, *LATENT, generator=torch.Generator().manual_seed(0))
-        list(pipe.iter_chunks(a, noise, torch.Generator().manual_seed(1), prompt_switch=switch, recache=recache))
+        list(pipe.frames(RolloutInputs(a, noise, torch.Generator().manual_seed(1), prompt_switch=switch, recache=recache)))
         for layer, (before, after) in enumerate(zip(snaps["before"], snaps["after"])):
             assert before.shape == after.shape
             if recache and layer > 0:
@@ -107,7 +109,7 @@ def test_chunked_noise_is_deterministic_and_supports_endless_iteration(model):
     assert torch.equal(x1, x2)
     noise, source = pipe.seeded_noise(1, None, LATENT, seed=3, noise_order="chunked")
     chunks = []
-    for i, f, x0 in pipe.iter_chunks(a, noise, source):
+    for i, f, x0 in pipe.frames(RolloutInputs(a, noise, source)):
         chunks.append(x0)
         if i == 5:
             break

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import inference
-from pipeline.causal_inference import CausalInferencePipeline
+from pipeline.rollout import Rollout
 from app.runner import VideoRunner
 from app.runtime import DistEnv
 from app.settings import resolve_settings
@@ -56,7 +56,7 @@ def models(tiny_model_files, tmp_path_factory):
 def runner_for(models, settings) -> VideoRunner:
     """A runner for ``settings`` around the already loaded models."""
     text_encoder, model, vae = models
-    pipe = CausalInferencePipeline(model, settings.rollout, settings.policy)
+    pipe = Rollout(model, settings.rollout, settings.policy)
     return VideoRunner(settings, text_encoder, model, vae, pipe, progress=False)
 
 

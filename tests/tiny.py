@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.causal_inference import CausalInferencePipeline, RolloutConfig
+from pipeline.rollout import Rollout, RolloutConfig
 from pipeline.policies import SelfForcingWindow
 from wan.causal_model import CausalWanModel
 from wan.config import WanConfig
@@ -32,7 +32,7 @@ def tiny_pipeline(model=None, local_attn_size=21, sink_size=0, rebase=True, poli
     """A rollout pipeline over a tiny model with the Self Forcing window policy."""
     model = model or tiny_model()
     policy = policy or SelfForcingWindow(local_attn_size=local_attn_size, sink_size=sink_size)
-    return CausalInferencePipeline(model, RolloutConfig(), policy, rebase=rebase,
+    return Rollout(model, RolloutConfig(), policy, rebase=rebase,
                                    rotated_key_buffer=rotated_key_buffer)
 
 
