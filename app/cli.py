@@ -24,7 +24,10 @@ import sys
 from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from app.cli_config import NOISE_ORDERS, CLIError, RunConfig, policy_default
+import methods
+from app.cli_config import BaseRunConfig as RunConfig, CLIError, Layer, policy_default
+from app.runtime import DTYPES
+from pipeline.noise import NOISE_ORDERS
 from app.outputs import claim_slots, pending_slots, plan_outputs
 from app.progress import progress_bar
 from app.prompts import shard
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     Flags that set config keys default to None (= not given): their defaults live in app.cli_config.RunConfig.
     """
     from pipeline.policies import registered_modes
+    from pipeline.recache import recache_choices
     frames = RunConfig.num_output_frames
     p = argparse.ArgumentParser(description="Deep Forcing: training-free long video generation (Wan2.1-T2V-1.3B, "
                                 "Self Forcing). Extra arguments key=value override config keys, e.g. "
@@ -55,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = p.add_argument_group("upstream flags")
     up.add_argument("--config_path", default=None, help="YAML config merged over the defaults (sink 10, window 21); "
                     "the shipped ones are configs/self_forcing_dmd/self_forcing_dmd_sink{0..21}.yaml")
-    up.add_argument("--checkpoint_path", default=None, help="Self Forcing checkpoint (default "
-                    "checkpoints/self_forcing_dmd.pt, downloaded on first use; a LongLive config's generator_ckpt)")
+    up.add_argument("--checkpoint_path", default=None, help="the checkpoint (default: the method's released file, "
+                    "e.g. checkpoints/self_forcing_dmd.pt, downloaded on first use)")
     up.add_argument("--data_path", default=None, help="prompt file (one per line), folder of line_XXXX.txt files, "
                     "or a quoted glob (default prompts/examples.txt)")
     up.add_argument("--extended_prompt_path", default=None, help="file with one extended prompt per line; encoded "
@@ -79,14 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--Recent", type=int, default=None, help=f"PC recent frames R (key recent; default "
                     f"{policy_default('recent')})")
     ours = p.add_argument_group("this project")
+    ours.add_argument("--method", default=None, choices=methods.method_names(), help="the checkpoint family and its "
+                      "recipe (key method; default: what the YAML or checkpoint is, else deep_forcing; README "
+                      "'Methods')")
+    ours.add_argument("--variant", default=None, help="the method's variant, e.g. the frame-wise file of a method with several "
+                      "(key variant; README 'Methods' lists them)")
     ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
                       "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
     ours.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda; cuda:LOCAL_RANK under "
                       "torchrun; cpu with --demo)")
-    ours.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default bf16 on CUDA, "
+    ours.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default bf16 on CUDA, "
                       "fp32 on CPU")
-    ours.add_argument("--mode", default=None, choices=registered_modes(), help="cache mode (key mode; default "
-                      f"{RunConfig.mode}, or deep_sink with --is_ds_only 1)")
+    ours.add_argument("--mode", default=None, choices=registered_modes(), help="cache mode (key mode; default: "
+                      f"the method's, {RunConfig.mode} for deep_forcing, or deep_sink with --is_ds_only 1)")
     ours.add_argument("--print_config", action="store_true", help="print the merged config as YAML and exit")
     ours.add_argument("--demo", action="store_true", help="no weights needed: build a tiny random model and render "
                       "the demo prompts on CPU in seconds (noise videos, real pipeline)")
@@ -112,13 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "before each chunk the newest line typed becomes the prompt; a line '/stop' ends the video")
     long.add_argument("--endless", action="store_true", help="with --interactive: no fixed length, render until "
                       "'/stop' or the end of stdin (uses --noise_order chunked)")
-    long.add_argument("--recache_on_switch", action="store_true", help="at a prompt switch, recompute the cached "
-                      "keys/values of the frames still in the cache under the new prompt (LongLive-style); default: "
-                      "keep them (training-free)")
-    long.add_argument("--recache_variant", default=None, choices=("off", "ours", "longlive"), help="the re-cache at "
-                      "a switch: ours (as --recache_on_switch), longlive (LongLive's, as released: the last window "
-                      "frames, the sink kept when the config's global_sink is true) or off; default: longlive with "
-                      "switch_frame_indices, else --recache_on_switch")
+    long.add_argument("--recache", "--recache_variant", dest="recache", default=None, choices=recache_choices(),
+                      help="the re-cache at a prompt switch (key recache): off keeps the cache (training-free), ours "
+                      "recomputes every cached frame at its position; a method may register its own (README 'Prompt "
+                      "switches'); default: the method's own (off for most)")
+    long.add_argument("--recache_on_switch", action="store_true", help="the same as --recache ours")
     cf = p.add_argument_group("image-to-video (Causal Forcing frame-wise models)")
     cf.add_argument("--i2v", action="store_true", default=None, help="image-to-video (key i2v): --image is the first "
                     "frame of every video, the prompts describe the motion; needs num_frame_per_block=1")
@@ -126,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "video's height x width without keeping its aspect ratio")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
     return p
+
+
+# Flags that set one config key each, spelled once: flag (argparse dest) -> key. Flags left out set nothing.
+FLAG_KEYS = {"method": "method", "variant": "variant", "mode": "mode", "Budget": "budget", "Recent": "recent",
+             "num_samples": "num_samples", "output_folder": "output_folder", "recache": "recache", "i2v": "i2v",
+             "use_ema": "use_ema", "save_with_index": "save_with_index"}
+
+
+def flag_layers(args) -> list[Layer]:
+    """The flags that set config keys, one layer each (so messages name the flag)."""
+    out = [Layer("--is_ds_only 1", {"mode": "deep_sink"})] if args.is_ds_only == 1 else []
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None and value is not False:
+            out.append(Layer(f"--{flag}" + ("" if value is True else f" {value}"), {key: value}))
+    if args.recache_on_switch and args.recache is None:
+        out.append(Layer("--recache_on_switch", {"recache": "ours"}))
+    if args.num_output_frames is not None:
+        out.append(Layer(f"--num_output_frames {args.num_output_frames}",
+                         {"num_output_frames": args.num_output_frames, "seconds": None}))
+    if args.seconds is not None:
+        out.append(Layer(f"--seconds {args.seconds}", {"seconds": args.seconds, "num_output_frames": None}))
+    if args.endless:
+        out.append(Layer("--endless", {"num_output_frames": None, "seconds": None}))
+    return out
 
 
 def output_plan(settings) -> dict:

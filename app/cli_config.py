@@ -3,7 +3,7 @@
 Layers, later wins: the schema defaults (``RunConfig`` below, the only place a default is written) -> the
 ``--config_path`` YAML -> ``--demo``'s small size -> the flags that map onto keys (``--Budget`` -> ``budget``, ...)
 -> the command line's dotted ``key=value`` overrides. Upstream key names are kept, so every inference YAML of Self
-Forcing, Deep Forcing, Causal Forcing, Infinite-Forcing and LongLive loads: their training-only keys are dropped
+Forcing, Deep Forcing and the other methods of the family loads: their training-only keys are dropped
 (``TRAINING_KEYS``), and a key that selects a feature this version does not have yet is an error naming the feature
 (``UNSUPPORTED``). Every error is a ``CLIError``: one paragraph naming the file, flag or override and the fix.
 """
@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from utils.errors import CLIError
-from utils.paths import REPO_ROOT
+from utils.paths import CONFIGS_DIR, REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,20 @@ class ModelKwargs:
     timestep_shift: float = 5.0
     local_attn_size: int = 21            # cache window L in latent frames (-1: global, capped at 21)
     sink_size: int = 10                  # sink frames S
-    use_infinite_attention: bool = False  # LongLive's infinite mode: cache mode infinite_forcing unless a mode is set
 
 
 @dataclass
-class RunConfig:
-    """Every config key with its one default. ``None`` for a cache parameter means the policy class's default."""
+class BaseRunConfig:
+    """Every common config key with its one default. ``None`` for a cache parameter means the policy class's default.
+
+    The methods' own sections (``methods.base.Method.section``) are added as fields named after them
+    (``run_config_class``).
+    """
+
+    # the method (methods/): its checkpoint family and recipe; None: detected from the YAML / checkpoint
+    method: Optional[str] = None
+    variant: Optional[str] = None        # the method's variant (e.g. Causal Forcing's framewise); None: its default
+    recache: Optional[str] = None        # re-cache at prompt switches (pipeline.recache); None: the method's own
 
     # Self Forcing rollout (few-step, chunk-wise)
     denoising_step_list: List[int] = field(default_factory=lambda: [1000, 750, 500, 250])
@@ -70,27 +78,53 @@ class RunConfig:
     reuse_cap: Optional[int] = None      # PC: times a token may be re-selected (0: no cap)
     realign_topc: Optional[bool] = None  # PC: the paper's variant that also re-aligns the kept top-C tokens
     sink_gap: Optional[int] = None       # Deep Sink: unused time indices between sink and tail (None: the chunk size)
-    # outputs (LongLive's YAMLs carry these; the flags of the same name win)
+    # outputs (some released YAMLs carry these; the flags of the same name win)
     num_samples: int = 1
     save_with_index: bool = False
     use_ema: bool = False
     output_folder: str = "output"
-    # Causal Forcing: the first generated chunk's step list (CF++; None: denoising_step_list) and image-to-video
+    # Causal Forcing++: the first generated chunk's step list (None: denoising_step_list); image-to-video
     # (--i2v --image PATH; frame-wise models only)
     denoising_step_list_first_chunk: Optional[List[int]] = None
     i2v: bool = False
-    # LongLive (app.longlive_settings): LoRA merged at load time, interactive switches, its re-cache's sink choice
-    lora_ckpt: Optional[str] = None
-    adapter: Optional[Any] = None        # {type: lora, rank, alpha, dropout, dtype, verbose}; alpha null = rank
-    global_sink: bool = False            # LongLive's re-cache keeps the first sink (true, as released) or not
-    switch_frame_indices: Optional[Any] = None  # latent frames: int, "40, 80" or a list; needs a .jsonl data_path
-    generator_ckpt: Optional[str] = None  # read only by LongLive configs: the checkpoint (--checkpoint_path wins)
-    data_path: Optional[str] = None      # read only by LongLive configs: the prompts (--data_path wins)
     inference_iter: int = -1
     model_name: str = "Wan2.1-T2V-1.3B"
 
 
-SECTIONS = ("model_kwargs",)
+def run_config_class() -> type:
+    """The schema: ``BaseRunConfig`` plus one section per registered method that declares one."""
+    from methods.base import section_fields
+    fields_ = section_fields()
+    key = tuple((name, cls) for name, cls, _ in fields_)
+    if _SCHEMA.get("key") != key:
+        _SCHEMA.update(key=key, cls=dataclasses.make_dataclass("RunConfig", fields_, bases=(BaseRunConfig,)))
+    return _SCHEMA["cls"]
+
+
+_SCHEMA: dict = {}
+
+
+def sections() -> tuple[str, ...]:
+    """The schema's nested sections: model_kwargs and every method section."""
+    from methods.base import section_fields
+    return ("model_kwargs", *(name for name, _, _ in section_fields()))
+
+
+def translate(values: dict) -> dict:
+    """A layer with the flat upstream keys of method sections moved into them (``Method.upstream_keys``)."""
+    from methods.base import upstream_key_table
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for upstream, ours in upstream_key_table().items():
+        head, _, leaf = upstream.rpartition(".")
+        source = out.get(head) if head else out
+        if not isinstance(source, dict) or leaf not in source:
+            continue
+        section, _, key = ours.partition(".")
+        target = out.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = source.pop(leaf)
+    return out
+
 # RunConfig key -> policy parameter (build_policy(mode, **params)); None values are left to the policy's default.
 CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.sink_size": "sink_size",
               "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc",
@@ -98,7 +132,7 @@ CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.s
 
 # Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed) that mean
 # nothing here: dropped when a file is read, logged at debug level. (data_path and generator_ckpt are schema keys read
-# only by LongLive configs.)
+# only by the methods whose sections hold them.)
 TRAINING_KEYS = frozenset({
     "trainer", "distribution_loss", "real_name", "fake_name", "generator_fsdp_wrap_strategy",
     "real_score_fsdp_wrap_strategy", "fake_score_fsdp_wrap_strategy", "text_encoder_fsdp_wrap_strategy",
@@ -115,7 +149,7 @@ TRAINING_KEYS = frozenset({
 # Feature keys not wired yet: key -> (the feature, what to do). A value other than the schema default is an error.
 # Each entry is removed by the change that wires its feature.
 UNSUPPORTED = {
-    "inference_iter": ("a limit on the number of prompts (LongLive's inference_iter)", "pass a shorter prompt "
+    "inference_iter": ("a limit on the number of prompts (inference_iter)", "pass a shorter prompt "
                        "file"),
     "model_name": ("a base model other than Wan2.1-T2V-1.3B", "use a Wan2.1-T2V-1.3B model"),
 }
@@ -162,7 +196,7 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
-        if key in SECTIONS and isinstance(v, dict):
+        if key in sections() and isinstance(v, dict):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -187,7 +221,7 @@ def _omegaconf_error(exc: OmegaConfBaseException, label: str) -> CLIError:
 
 def _check_layer(layer: Layer) -> None:
     """Shape errors OmegaConf reports badly: a section given as a scalar."""
-    for key in SECTIONS:
+    for key in sections():
         if key in layer.values and not isinstance(layer.values[key], dict):
             raise CLIError(f"{layer.label}: '{key}' must be a mapping (e.g. {key}: {{sink_size: 10}} in a YAML, or "
                            f"{key}.sink_size=10 on the command line), got {layer.values[key]!r}.")
@@ -199,7 +233,7 @@ def read_yaml(path: Path) -> Layer:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CLIError(f"Config file {path} does not exist. Pass --config_path with one of the files under "
-                       f"{REPO_ROOT / 'configs'} (e.g. configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml)."
+                       f"{CONFIGS_DIR} (e.g. configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml)."
                        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CLIError(f"Config file {path} cannot be read ({exc}). Pass a readable UTF-8 YAML file with "
@@ -219,6 +253,11 @@ def read_yaml(path: Path) -> Layer:
     return Layer(f"config file {path}", {k: v for k, v in data.items() if k not in TRAINING_KEYS})
 
 
+def schema_layer(layer: Layer) -> Layer:
+    """``layer`` with its upstream method keys moved into their sections (what the merge sees)."""
+    return Layer(layer.label, translate(layer.values))
+
+
 def override_layer(item: str) -> Layer:
     """A command-line ``key=value`` override as a layer (the value is parsed as YAML)."""
     key, sep, _ = item.partition("=")
@@ -235,9 +274,9 @@ def override_layer(item: str) -> Layer:
 
 def merge_layers(layers: list[Layer]) -> LoadedConfig:
     """Schema defaults <- each layer in order; type errors and unknown keys name their layer."""
-    cfg = OmegaConf.structured(RunConfig)
+    cfg = OmegaConf.structured(run_config_class())
     origins = {}
-    for layer in layers:
+    for layer in map(schema_layer, layers):
         _check_layer(layer)
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(layer.values))
@@ -247,8 +286,9 @@ def merge_layers(layers: list[Layer]) -> LoadedConfig:
     return LoadedConfig(OmegaConf.to_object(cfg), origins)
 
 
-def _float_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+def _float_keys(cls=None, prefix: str = "") -> list[str]:
     """Dotted keys of every float field of the schema."""
+    cls = cls or run_config_class()
     out = []
     for name, hint in typing.get_type_hints(cls).items():
         if dataclasses.is_dataclass(hint):
@@ -266,7 +306,7 @@ def check_values(loaded: LoadedConfig) -> None:
         v = get(cfg, key)
         if v is not None and not math.isfinite(v):
             raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a finite number; give a finite value.")
-    unsupported = [(k, *UNSUPPORTED[k]) for k in UNSUPPORTED if get(cfg, k) != get(RunConfig(), k)]
+    unsupported = [(k, *UNSUPPORTED[k]) for k in UNSUPPORTED if get(cfg, k) != get(run_config_class()(), k)]
     if unsupported:
         what = "; ".join(f"{feature} ({k}={get(cfg, k)!r} from {loaded.origin(k)}: {fix})"
                          for k, feature, fix in unsupported)
@@ -291,13 +331,45 @@ def check_values(loaded: LoadedConfig) -> None:
                            f"{key}; make them equal or remove {alias}.")
 
 
+def select_method(layers: list[Layer], checkpoint: str | None) -> tuple[str, str | None, str]:
+    """(method, variant, label): the last layer that names them, else what the YAML or checkpoint path stands for."""
+    from methods.base import detect_method
+    method = variant = None
+    label = "default"
+    for layer in layers:
+        if layer.values.get("method") is not None:
+            method, label = layer.values["method"], layer.label
+        if layer.values.get("variant") is not None:
+            variant = layer.values["variant"]
+    if method is None:
+        yaml_values = next((layer.values for layer in layers if layer.label.startswith("config file")), {})
+        method, detected = detect_method(yaml_values, checkpoint)
+        variant = variant or detected
+        label = "detected from the config / checkpoint" if detected or method != "deep_forcing" else "default"
+    return method, variant, label
+
+
+def method_layer(layers: list[Layer], checkpoint: str | None) -> Layer:
+    """The selected method's defaults for its variant, as the layer under every other one."""
+    from methods.base import get_method
+    name, variant, label = select_method(layers, checkpoint)
+    try:
+        method = get_method(name)
+    except CLIError as exc:
+        raise CLIError(f"{label}: {exc}") from None
+    variant = method.check_variant(variant, label)
+    values = translate(method.defaults(variant))
+    values.update(method=name, variant=variant)
+    return Layer(f"method {name}" + (f" ({variant})" if variant else ""), values)
+
+
 def load_config(config_path: str | Path | None = None, overrides: list[str] = (), flags: list[Layer] = (),
-                demo: Layer | None = None) -> LoadedConfig:
-    """Defaults <- ``config_path`` <- ``demo`` <- ``flags`` <- ``overrides``, merged and checked."""
+                demo: Layer | None = None, checkpoint: str | None = None) -> LoadedConfig:
+    """Method defaults <- ``config_path`` <- ``demo`` <- ``flags`` <- ``overrides``, merged and checked."""
     layers = [read_yaml(Path(config_path))] if config_path is not None else []
     layers += [demo] if demo is not None else []
     layers += list(flags) + [override_layer(item) for item in overrides]
-    loaded = merge_layers(layers)
+    loaded = merge_layers([method_layer(layers, checkpoint), *layers])
     check_values(loaded)
     return loaded
 
@@ -308,7 +380,14 @@ def policy_default(param: str) -> Any:
     return next(f.default for cls in POLICIES.values() for f in dataclasses.fields(cls) if f.name == param)
 
 
-def rollout_params(cfg: RunConfig) -> dict:
+def __getattr__(name: str):
+    """``RunConfig``: the schema class with the registered methods' sections (built on first use)."""
+    if name == "RunConfig":
+        return run_config_class()
+    raise AttributeError(name)
+
+
+def rollout_params(cfg) -> dict:
     """The keys of ``RolloutConfig`` (the shift comes from model_kwargs, as upstream inference does)."""
     return dict(denoising_step_list=list(cfg.denoising_step_list), warp_denoising_step=cfg.warp_denoising_step,
                 num_frame_per_block=cfg.num_frame_per_block, context_noise=cfg.context_noise,

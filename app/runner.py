@@ -111,7 +111,7 @@ class VideoRunner:
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
-        lora = settings.longlive.lora if settings.longlive is not None else None
+        lora = settings.method_run.lora
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
                                trust_checkpoint=settings.trust_checkpoint,
                                **({} if lora is None else dict(lora_path=lora.path, lora_alpha=lora.alpha,
@@ -119,7 +119,7 @@ class VideoRunner:
         if settings.compile:
             model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
-        pipeline = Rollout(model, settings.rollout, settings.policy)
+        pipeline = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
         logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
         return cls(settings, text_encoder, model, vae, pipeline, progress=progress)
 
@@ -140,8 +140,7 @@ class VideoRunner:
     def switcher(self, job: PromptJob, live: LivePrompts | None, timings: dict) -> PromptSwitcher | None:
         """The prompt-switch callback of one video (None when prompts cannot change)."""
         s = self.settings
-        schedule = s.longlive.schedule(job, s.clock) if s.longlive is not None else None
-        schedule = schedule or s.schedule
+        schedule = s.method_run.schedule(job, s.clock) or s.schedule
         if schedule is None and live is None:
             return None
 
@@ -182,8 +181,8 @@ class VideoRunner:
             "codec": CODEC, "pixel_format": PIXEL_FORMAT, "crf": DEFAULT_CRF, "container": CONTAINER,
             "x264_tune": TUNE, VIDEO_RECORD: video,
             "prompt_schedule": schedule, "interactive": s.interactive,
-            "recache_on_switch": bool(s.recache) if s.switches_possible else None,
-            "longlive": s.longlive.request(job) if s.longlive is not None else None,
+            "recache_on_switch": s.recache.name != "off" if s.switches_possible else None,
+            "method": {**s.method.describe(s.cfg.variant), **s.method_run.request(job)},
             "prompt_switches": switcher.switches if switcher is not None else [],
             "stopped_early": bool(switcher is not None and switcher.stopped),
             "latents": latents.name if latents is not None else None,
@@ -229,9 +228,8 @@ class VideoRunner:
                                                    rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
-            longlive = {} if s.longlive is None else {"global_sink": s.longlive.global_sink}
-            chunks = self.pipeline.frames(RolloutInputs(embeds, noise, source, prompt_switch=switcher, recache=s.recache,
-                                               image_latent=image, **longlive))
+            chunks = self.pipeline.frames(RolloutInputs(embeds, noise, source, prompt_switch=switcher,
+                                                         image_latent=image))
             stack.callback(chunks.close)
             tick = time.perf_counter()
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]

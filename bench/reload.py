@@ -37,7 +37,7 @@ def write_model_files(root: Path, model, vae) -> tuple[Path, Path]:
     """A model folder (config.json, base DiT safetensors, Wan2.1_VAE.pth) and a Self Forcing checkpoint."""
     from safetensors.torch import save_file
 
-    from wan.fixtures import wan_vae_state_dict, write_config
+    from app.demo_model import wan_vae_state_dict, write_config
     from wan.loading import DIT_WEIGHTS_FILE, VAE_WEIGHTS_FILE
     folder = root / "model"
     folder.mkdir(parents=True)

@@ -149,7 +149,7 @@ class DeepSink(SelfForcingWindow):
     """Deep Sink: FIFO eviction after a large sink whose time positions follow the window at every eviction.
 
     ``sink_gap`` unused indices lie between the sink and the oldest tail frame: None = the chunk size (as released,
-    the sink at ``[f - L, f - L + S)``), 0 = the Infinite-Forcing / LongLive infinite placement.
+    the sink at ``[f - L, f - L + S)``), 0 = the sink right before the oldest kept frame (a V-sink placement).
     """
 
     sink_gap: int | None = None
@@ -178,28 +178,6 @@ class DeepSink(SelfForcingWindow):
             return None
         kept = kv.layers[layer].n - plan.evict.shape[0]
         return place_sink(plan, kv, self.sink_size, self.gap(kv.chunk.num_frames), kept)
-
-
-@dataclass
-class InfiniteForcing(DeepSink):
-    """Infinite-Forcing's V-sink: the SF window with the sink right before the oldest tail frame (gap 0), S <= B.
-
-    Defaults: the released checkpoint (W 6, S 1); LongLive's infinite mode is this rule with W 12, S 3.
-    """
-
-    local_attn_size: int = 6
-    sink_size: int = 1
-    sink_gap: int | None = 0
-
-    name = "infinite_forcing"
-
-    def validate(self, chunk_frames: int) -> None:
-        """Base checks plus S <= B (the sink is the first chunk's first S frames)."""
-        super().validate(chunk_frames)
-        if self.sink_size > chunk_frames:
-            raise CachePolicyError(f"sink_size={self.sink_size} is larger than the chunk of num_frame_per_block="
-                                   f"{chunk_frames} frames; the V-sink is taken from the first chunk: use sink_size "
-                                   f"<= {chunk_frames}")
 
 
 def select_top(scores: torch.Tensor, picks: torch.Tensor, keep: int, reuse_cap: int) -> torch.Tensor:

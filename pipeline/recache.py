@@ -3,7 +3,7 @@
 A ``Recache`` is chosen by the method (or ``--recache``): it keeps a ``CleanLatentStore`` of the clean latents the
 cache may need, and at a switch computes ``Rewrite`` plans that the cache applies (``KVCache.rewrite``). Variants
 register themselves by ``name`` (``RECACHES``): ``off`` (keep the cache as it is, training-free) and ``ours`` below;
-a method may add its own (LongLive's lives in ``methods/longlive.py``).
+a method may add its own (``methods/``).
 
 ``ours``: one clean pass (t = context_noise) runs over the clean latents of every frame the cache still references,
 each frame at its current time position, attending among themselves; every cached token then takes the key/value of

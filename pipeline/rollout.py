@@ -105,7 +105,8 @@ class RolloutSession:
         self.renoise = as_source(inputs.renoise)
         self.prompt_switch = inputs.prompt_switch
         self.text_kv = self.model.encode_text(inputs.prompt_embeds.to(self.model.device))
-        self.store = rollout.recache.new_store(rollout.policy)  # clean latents for the re-cache (None: off)
+        # clean latents for the re-cache (None: re-cache off, or no prompt can change)
+        self.store = None if self.prompt_switch is None else rollout.recache.new_store(rollout.policy)
         self.first_frame = 0  # frames before the first generated block: 1 after an image prefix
         self.first_index = 0
 

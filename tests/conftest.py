@@ -24,7 +24,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """(model_dir, checkpoint) of a tiny model written once per test session."""
-    from wan.fixtures import write_tiny_model
+    from app.demo_model import write_tiny_model
     tiny = write_tiny_model(tmp_path_factory.mktemp("tiny_model"))
     return tiny.model_dir, tiny.checkpoint
 

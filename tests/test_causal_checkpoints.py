@@ -10,7 +10,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from wan import hub
 from wan.causal_forcing import CAUSAL_FORCING_CHECKPOINTS, causal_forcing_checkpoint
-from wan.fixtures import write_checkpoint
+from app.demo_model import write_checkpoint
 from wan.loading import ModelFilesError, load_generator
 
 

@@ -30,7 +30,7 @@ def _config(tmp: Path, body: str) -> Path:
 
 
 def _checkpoint_without_ema(tmp: Path) -> Path:
-    from wan.fixtures import write_checkpoint
+    from app.demo_model import write_checkpoint
     return write_checkpoint(tmp / "no_ema.pt", include_ema=False)
 
 
@@ -119,9 +119,9 @@ def test_bad_input_fails_cleanly(case, capsys, tmp_path, tiny_model_files, monke
 
 def test_demo_checks_inputs_before_writing_its_model(capsys, monkeypatch, tmp_path):
     """--demo with a bad value fails before the tiny model is written."""
-    import wan.fixtures
+    import app.demo_model
     written = []
-    monkeypatch.setattr(wan.fixtures, "write_tiny_model", lambda *a, **k: written.append(a))
+    monkeypatch.setattr(app.demo_model, "write_tiny_model", lambda *a, **k: written.append(a))
     rc, err = run_main(capsys, "--demo", "--num_output_frames", "7", "--output_folder", tmp_path / "out")
     assert rc == 2 and "--num_output_frames 7" in err and written == []
     assert not (tmp_path / "out").exists()

@@ -1,6 +1,8 @@
 """Unit tests of the CLI's building blocks: configs, prompt sources, output names, atomic files, sharding, docs."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import subprocess
@@ -97,7 +99,8 @@ def test_overrides_parse_yaml_values_and_reject_unknown_keys():
 def test_every_schema_key_has_one_default():
     """The schema is the one home of the defaults: no default config file repeats them."""
     assert not (REPO_ROOT / "configs" / "default.yaml").exists()
-    assert load_config(None).cfg == RunConfig()
+    # the defaults are the schema's, plus the method the run resolved to
+    assert load_config(None).cfg == dataclasses.replace(RunConfig(), method="deep_forcing", variant="dmd")
 
 
 # ---------------------------------------------------------------- prompts

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 import inference
-from app.cli_config import TRAINING_KEYS, UNSUPPORTED, CLIError, RunConfig, load_config
-from app.settings import build_cache_policy, build_rollout, config_from_args
+from app.cli_config import TRAINING_KEYS, UNSUPPORTED, CLIError, RunConfig, load_config, translate
+from app.checks import build_cache_policy, build_rollout
+from app.settings import config_from_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAMILY = Path(__file__).resolve().parent / "fixtures" / "family"
@@ -32,8 +33,8 @@ LOADS = {
     "default_config.yaml": (3, 21, 10, [1000, 750, 500, 250]),
     "causal_forcing_dmd_chunkwise.yaml": (3, 21, 10, [1000, 750, 500, 250]),
     "causal_forcing_dmd_framewise.yaml": (1, 21, 10, [1000, 750, 500, 250]),
-    "causal_forcing_dmd_framewise_2step.yaml": (1, 21, 10, [1000, 500]),
-    "causal_forcing_dmd_framewise_1step.yaml": (1, 21, 10, [1000]),
+    "causal_forcing_dmd_framewise_2step.yaml": (1, 21, 0, [1000, 500]),  # CF++: its method (sink 0)
+    "causal_forcing_dmd_framewise_1step.yaml": (1, 21, 0, [1000]),
     "self_forcing_dmd_vsink1.yaml": (3, 6, 1, [1000, 750, 500, 250]),
     "self_forcing_dmd _frame1.yaml": (1, 21, 10, [1000, 750, 500, 250]),
     "longlive_inference.yaml": (3, 12, 3, [1000, 750, 500, 250]),
@@ -57,7 +58,7 @@ def test_family_yaml_loads(name):
     assert cfg.denoising_step_list == steps and cfg.model_kwargs.timestep_shift == 5.0
     assert build_rollout(loaded).num_frame_per_block == B
     raw = yaml.safe_load((FAMILY / name).read_text())
-    assert not set(raw) - set(RunConfig.__dataclass_fields__) - TRAINING_KEYS
+    assert not set(translate(raw)) - set(RunConfig.__dataclass_fields__) - TRAINING_KEYS  # method keys in sections
 
 
 @pytest.mark.parametrize("sink", range(22))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from wan.fixtures import write_checkpoint, write_model_folder
+from app.demo_model import write_checkpoint, write_model_folder
 from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
                          load_generator)
 

@@ -7,7 +7,7 @@ from PIL import Image
 from media.image import ImageInputError, image_sha256, load_image
 from pipeline.rollout import ImageToVideoError, Rollout, RolloutConfig, RolloutInputs
 from pipeline.policies import build_policy
-from wan.fixtures import write_tiny_model
+from app.demo_model import write_tiny_model
 from wan.vae import WanVAE
 
 from tiny import text_embeds, tiny_model

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wan.fixtures import tiny_dit_config, write_checkpoint, write_config, write_tiny_model
+from app.demo_model import tiny_dit_config, write_checkpoint, write_config, write_tiny_model
 from wan import loading
 from wan.loading import (ModelFilesError, check_model_files, load_generator, load_torch_file, resolve_path)
 

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import inference
-from wan.fixtures import tiny_dit_config
-from wan.lora_fixtures import write_lora_file
+from app.demo_model import tiny_dit_config
+from lora_fixtures import write_lora_file
 
 DROP = object()  # a key left out of the YAML
 SEGMENTS = [["a paper boat drifts down a gutter", "the boat reaches a river", "the river meets the sea"],

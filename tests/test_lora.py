@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from wan.fixtures import tiny_dit_config
+from app.demo_model import tiny_dit_config
 from wan.loading import ModelFilesError, load_generator
 from wan.lora import lora_targets, merge_lora
-from wan.lora_fixtures import random_lora, write_lora_file
+from lora_fixtures import random_lora, write_lora_file
 
 from tiny import text_embeds, tiny_config, tiny_model, tiny_pipeline
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
-from wan.fixtures import TINY_T5, tiny_dit_config, write_tiny_model
+from app.demo_model import TINY_T5, tiny_dit_config, write_tiny_model
 from wan import memory
 from wan.loading import T5_WEIGHTS_FILE, ModelFilesError
 from wan.text_encoder import WanTextEncoder, clean_prompt

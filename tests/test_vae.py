@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-from wan.fixtures import random_state_dict, wan_vae_state_dict, write_tiny_model
+from app.demo_model import random_state_dict, wan_vae_state_dict, write_tiny_model
 from wan.loading import VAE_WEIGHTS_FILE, ModelFilesError
 from wan.vae import WanVAE, convert_wan_vae_state_dict, load_vae_config
 

@@ -131,76 +131,24 @@ def download_checkpoint(checkpoint: Path) -> Path:
                       lambda reason: _fail(reason, None, checkpoint))
 
 
-def causal_forcing_download_command(filename: str, local_dir: Path) -> str:
-    """The ``hf download`` command that fetches ``filename`` of the Causal Forcing repository into ``local_dir``."""
-    from .causal_forcing import CAUSAL_FORCING_REPO_ID
-    from .loading import _quote, display_path
-
-    return (f"hf download {CAUSAL_FORCING_REPO_ID} {_quote(filename)} "
-            f"--local-dir {_quote(display_path(local_dir))}")
+def fail_download(what: str, reason: str, manual: str) -> ModelFilesError:
+    """The error of a download that could not run: what is missing, why, and the manual command(s) ``manual``."""
+    return ModelFilesError(f"Missing: {what}; the download could not run ({reason}). Download it manually, from the "
+                           f"working directory, with {manual}; then run again.")
 
 
-def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
-    """Fetch a released Causal Forcing file (e.g. ``framewise/causal_forcing.pt``) to ``local_dir / filename``.
-
-    Offline or with the hub unreachable this raises :class:`~wan.loading.ModelFilesError` with the manual command.
-    """
-    from .causal_forcing import CAUSAL_FORCING_CHECKPOINTS, CAUSAL_FORCING_REPO_ID
-
+def snapshot_files(repo_id: str, local_dir: Path, patterns: list[str],
+                   fail: Callable[[str], ModelFilesError]) -> list[Path]:
+    """Fetch the files of ``repo_id`` matching ``patterns`` into ``local_dir``; returns the matching local files."""
     local_dir = Path(local_dir).absolute()
-    target = local_dir / filename
-    if filename not in CAUSAL_FORCING_CHECKPOINTS:
-        raise ModelFilesError(f"{filename} is not a released Causal Forcing checkpoint; use one of "
-                              f"{', '.join(CAUSAL_FORCING_CHECKPOINTS)}.")
-
-    def fail(reason: str) -> ModelFilesError:
-        """The error raised when the download cannot happen, with the manual command."""
-        return ModelFilesError(f"Missing: the Causal Forcing checkpoint {target}; the download could not run "
-                               f"({reason}). Download it manually, from the working directory, with "
-                               f"`{causal_forcing_download_command(filename, local_dir)}`; then run again.")
-
-    return fetch_file(CAUSAL_FORCING_REPO_ID, filename, local_dir, fail)
-
-
-INFINITE_FORCING_REPO_ID = "SOTAMak1r/Infinite-Forcing"
-
-
-def infinite_forcing_download_command(local_dir: Path) -> str:
-    """The ``hf download`` command that fetches the Infinite-Forcing checkpoint(s) into ``local_dir``."""
-    from .loading import _quote, display_path
-
-    return f"hf download {INFINITE_FORCING_REPO_ID} --include '*.pt' --local-dir {_quote(display_path(local_dir))}"
-
-
-def download_infinite_forcing(local_dir: Path) -> Path:
-    """Fetch the Infinite-Forcing checkpoint (the repository's one ``.pt`` file) into ``local_dir``; returns it.
-
-    The repository does not document its file name, so every ``.pt`` is fetched; more or fewer than one is an error
-    naming what was found. Offline or with the hub unreachable: a ModelFilesError with the manual command.
-    """
-    local_dir = Path(local_dir).absolute()
-
-    def fail(reason: str) -> ModelFilesError:
-        """The error raised when the download cannot happen, with the manual command."""
-        return ModelFilesError(f"Missing: the Infinite-Forcing checkpoint in {local_dir}; the download could not run "
-                               f"({reason}). Download it manually, from the working directory, with "
-                               f"`{infinite_forcing_download_command(local_dir)}`; then pass the .pt file with "
-                               f"--checkpoint_path.")
-
     if hub_offline():
         raise fail("HF_HUB_OFFLINE is set")
     import huggingface_hub
 
-    logger.info("downloading the .pt files of %s into %s", INFINITE_FORCING_REPO_ID, local_dir)
+    logger.info("downloading %s of %s into %s", ", ".join(patterns), repo_id, local_dir)
     try:
         with _bars_only_on_terminal():
-            huggingface_hub.snapshot_download(repo_id=INFINITE_FORCING_REPO_ID, local_dir=str(local_dir),
-                                              allow_patterns=["*.pt"])
+            huggingface_hub.snapshot_download(repo_id=repo_id, local_dir=str(local_dir), allow_patterns=patterns)
     except _network_errors() as exc:
         raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
-    found = sorted(local_dir.rglob("*.pt"))
-    if len(found) != 1:
-        raise ModelFilesError(f"{INFINITE_FORCING_REPO_ID} gave {len(found)} .pt files in {local_dir} "
-                              f"({', '.join(p.name for p in found) or 'none'}); pass the checkpoint to use with "
-                              f"--checkpoint_path.")
-    return found[0]
+    return sorted(path for pattern in patterns for path in local_dir.rglob(pattern))

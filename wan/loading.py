@@ -80,6 +80,11 @@ def _quote(arg: str) -> str:
     return arg if arg and all(c.isalnum() or c in "/._-~:=" for c in arg) else f'"{arg}"'
 
 
+def quoted_path(path: Path) -> str:
+    """``path`` as shown to users (relative when under the working directory), quoted for a shell."""
+    return _quote(display_path(path))
+
+
 def wan_download_command(model_dir: Path, filename: str | None = None) -> str:
     """The ``hf download`` command that downloads the Wan folder (or one file of it) into ``model_dir``."""
     what = "" if filename is None else f" {_quote(filename)}"
@@ -414,7 +419,7 @@ def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathL
                               f"checkpoint that matches {folder / CONFIG_FILE}.") from None
     model.eval().requires_grad_(False)
     logger.info("loaded %s ['%s'] over the base weights", ckpt, entry)
-    if lora_path is not None:  # LongLive: a LoRA merged over the checkpoint (wan.lora)
+    if lora_path is not None:  # a LoRA merged over the checkpoint (wan.lora)
         from .lora import merge_lora
         merge_lora(model, resolve_path(lora_path), lora_alpha, lora_rank)
     return model

@@ -1,4 +1,4 @@
-"""LoRA adapters merged into the generator at load time (LongLive's ``lora.pt``), without peft.
+"""LoRA adapters merged into the generator at load time (PEFT's ``lora_A`` / ``lora_B`` layout), without peft.
 
 The file is a dict whose ``generator_lora`` entry (or, failing that, the dict itself) maps
 ``base_model.model.blocks.{i}.<module>.lora_A.weight`` ``[r, in]`` and ``.lora_B.weight`` ``[out, r]`` for every
@@ -60,16 +60,16 @@ def expected_lora_shapes(model: nn.Module, rank: int) -> dict[str, tuple[int, in
 
 def _fix(path: Path) -> str:
     """The closing advice of every LoRA file error."""
-    return (f"Pass lora_ckpt with the LoRA file that was trained for this model (LongLive's models/lora.pt next to "
-            f"models/longlive_base.pt), or download {path.name} again if it may be damaged")
+    return (f"Pass lora_ckpt with the LoRA file that was trained for this checkpoint, or download {path.name} again "
+            f"if it may be damaged")
 
 
 def read_lora_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The LoRA tensors of ``path`` (``generator_lora`` entry, else the whole dict), peft prefix stripped."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFilesError(f"LoRA file not found: {path}. Check lora_ckpt (or --lora_ckpt); LongLive's adapter is "
-                              f"models/lora.pt of Efficient-Large-Model/LongLive.")
+        raise ModelFilesError(f"LoRA file not found: {path}. Check lora_ckpt; it must name the LoRA file released "
+                              f"with the checkpoint (README: 'Other checkpoints of the family').")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, OSError, EOFError, KeyError, ValueError, IndexError,

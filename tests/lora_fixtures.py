@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .causal_model import CausalWanModel
-from .config import WanConfig
-from .lora import LORA_ENTRY, PEFT_PREFIX, expected_lora_shapes
+from wan.causal_model import CausalWanModel
+from wan.config import WanConfig
+from wan.lora import LORA_ENTRY, PEFT_PREFIX, expected_lora_shapes
 
 
 def random_lora(cfg: WanConfig, rank: int, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:

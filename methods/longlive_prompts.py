@@ -10,7 +10,7 @@ beyond the video never fires (with a warning). With chunks of 3 frames, 40, 80, 
 
 ``load_longlive_prompts`` checks all of it before any model is loaded; ``LongLivePrompts.jobs()`` gives one
 ``PromptJob`` per video (its first segment) and ``schedule(video, clock)`` the ``PromptSchedule`` (chunk -> segment)
-that ``app.switching.PromptSwitcher`` follows while that video renders.
+that the prompt switcher (``app.switching``) follows while that video renders.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CLIError
-from .prompts import PromptJob
-from .schedule import ChunkClock, PromptSchedule, ScheduleEntry
+from app.prompts import PromptJob
+from app.schedule import ChunkClock, PromptSchedule, ScheduleEntry
 
 logger = logging.getLogger(__name__)
 
