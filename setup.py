@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-TEST_ONLY = {"pytest"}
+TEST_ONLY = {"pytest", "setuptools", "wheel"}  # the packaging test builds a wheel offline
 BENCH_ONLY = {"matplotlib", "imageio-ffmpeg"}
 # What the code reads at run time, relative to the repository root (utils/paths.py finds it in both layouts).
 RESOURCE_GLOBS = ("configs/**/*.yaml", "configs/**/*.json", "prompts/*.txt", "prompts/examples_txt/*.txt")

@@ -5,6 +5,7 @@ key / value and the fix (``where`` names the layer that set a value mentioned in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from pipeline.policies import CachePolicy, CachePolicyError, build_policy, policy_parameters
+from pipeline.policies import CachePolicy, CachePolicyError, build_policy, policy_class, policy_parameters
 from pipeline.rollout import RolloutConfig
 from utils.frames import video_frames
 from wan.config import WanConfig
@@ -22,7 +23,7 @@ from wan.loading import (CONFIG_FILE, DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR,
                          generator_state_dict, load_torch_file, read_wan_config, resolve_path)
 from media.video import MACRO_BLOCK
 
-from .cli_config import CACHE_KEYS, CLIError, LoadedConfig, get, rollout_params
+from .cli_config import CLIError, LoadedConfig, get
 from .image_input import ImageInput
 from .runtime import DistEnv
 from .schedule import ChunkClock, latent_frames_for_seconds
@@ -70,32 +71,34 @@ def where(loaded: LoadedConfig, keys, message: str) -> str:
     return f" Set by: {loaded.blame(*named)}." if named else ""
 
 
-def build_rollout(loaded: LoadedConfig) -> RolloutConfig:
-    """The rollout settings (checked by RolloutConfig itself)."""
-    try:
-        return RolloutConfig(**rollout_params(loaded.cfg))
-    except ValueError as exc:
-        keys = ("denoising_step_list", "num_frame_per_block", "model_kwargs.timestep_shift",
-                "independent_first_frame", "num_train_timesteps", "context_noise", "denoising_step_list_first_chunk")
-        raise CLIError(f"{exc}.{where(loaded, keys, str(exc))}") from None
-
-
 def build_cache_policy(loaded: LoadedConfig, chunk_frames: int) -> CachePolicy:
-    """The run's cache policy, built once from the config and validated by the policy against the chunk size."""
-    mode = loaded.cfg.mode
-    # cache keys left at None take the policy class's own default
-    params = {p: get(loaded.cfg, k) for k, p in CACHE_KEYS.items() if get(loaded.cfg, k) is not None}
+    """The run's cache policy: ``build_policy(cache.mode, **cache.params)``, built once and validated by the policy
+    against the chunk size (a parameter set to null takes the policy class's default)."""
+    mode = loaded.cfg.cache.mode
+    params = {k: v for k, v in loaded.cfg.cache.params.items() if v is not None}
+    keys = ["cache.mode", *(f"cache.params.{k}" for k in params), "rollout.num_frame_per_block"]
     try:
+        check_param_types(mode, params, loaded)
         policy = build_policy(mode, **params)
         policy.validate(chunk_frames)
     except CachePolicyError as exc:
-        keys = ["mode", *CACHE_KEYS, "num_frame_per_block"]
         raise CLIError(f"Cache mode {mode}: {exc}.{where(loaded, keys, str(exc))}") from None
-    unused = [f"{loaded.origin(k)}" for k, p in CACHE_KEYS.items()
-              if k in loaded.origins and p not in policy_parameters(mode)]
+    unused = [loaded.origin(f"cache.params.{k}") for k in params
+              if f"cache.params.{k}" in loaded.origins and k not in policy_parameters(mode)]
     if unused:
         logger.warning("%s only matter(s) for other cache modes; ignored in mode %s", ", ".join(unused), mode)
     return policy
+
+
+def check_param_types(mode: str, params: dict, loaded: LoadedConfig) -> None:
+    """Each parameter of the mode's policy must have the type of its default (``cache.params`` is free-form)."""
+    fields = {f.name: f.default for f in dataclasses.fields(policy_class(mode))}
+    for name, value in params.items():
+        default = fields.get(name)
+        want = bool if isinstance(default, bool) else int if isinstance(default, int) else None
+        if want is not None and (type(value) is not want):
+            raise CLIError(f"{loaded.origin(f'cache.params.{name}')}: cache parameter {name}={value!r} must be "
+                           f"{'true or false' if want is bool else 'a whole number'} (mode {mode}).")
 
 
 def video_length(loaded: LoadedConfig, clock: ChunkClock, loop, endless: bool) -> int | None:
@@ -240,7 +243,7 @@ def image_input(loaded: LoadedConfig, args, rollout: RolloutConfig, num_frames: 
                        f"frame of the video, resized to {cfg.height}x{cfg.width}).")
     if rollout.num_frame_per_block != 1:
         raise CLIError(f"image-to-video needs frame-wise chunks but num_frame_per_block is "
-                       f"{rollout.num_frame_per_block} (from {loaded.origin('num_frame_per_block')}); one image latent "
+                       f"{rollout.num_frame_per_block} (from {loaded.origin('rollout.num_frame_per_block')}); one image latent "
                        f"cannot fill a {rollout.num_frame_per_block}-frame chunk. Pass num_frame_per_block=1 with a "
                        f"frame-wise checkpoint (README 'Methods': image-to-video).")
     if num_frames is not None and num_frames < 2:
@@ -262,7 +265,8 @@ def build_strategy(loaded: LoadedConfig, name: str, rollout: RolloutConfig, poli
     try:
         loop.validate(rollout, policy)
     except (ValueError, CachePolicyError) as exc:
-        keys = ["mode", *CACHE_KEYS, "num_frame_per_block", "denoising_step_list"]
+        keys = ["cache.mode", *(f"cache.params.{k}" for k in loaded.cfg.cache.params), "rollout.num_frame_per_block",
+                "rollout.denoising_step_list"]
         raise CLIError(f"Method {loaded.cfg.method} ({name} loop): {exc}.{where(loaded, keys, str(exc))}") from None
     return loop
 

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import methods
-from app.cli_config import BaseRunConfig as RunConfig, CLIError, Layer, policy_default
+from app.cli_config import BaseRunConfig as RunConfig, CacheConfig, CLIError, Layer, policy_default
 from app.runtime import DTYPES
 from pipeline.noise import NOISE_ORDERS
 from app.outputs import claim_slots, pending_slots, plan_outputs
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ours.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default bf16 on CUDA, "
                       "fp32 on CPU")
     ours.add_argument("--mode", default=None, choices=registered_modes(), help="cache mode (key mode; default: "
-                      f"the method's, {RunConfig.mode} for deep_forcing, or deep_sink with --is_ds_only 1)")
+                      f"the method's, {CacheConfig.mode} for deep_forcing, or deep_sink with --is_ds_only 1)")
     ours.add_argument("--print_config", action="store_true", help="print the merged config as YAML and exit")
     ours.add_argument("--demo", action="store_true", help="no weights needed: build a tiny random model and render "
                       "the demo prompts on CPU in seconds (noise videos, real pipeline)")
@@ -136,18 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Flags that set one config key each, spelled once: flag (argparse dest) -> key. Flags left out set nothing.
-FLAG_KEYS = {"method": "method", "variant": "variant", "mode": "mode", "Budget": "budget", "Recent": "recent",
+FLAG_KEYS = {"method": "method", "variant": "variant", "mode": "cache.mode", "Budget": "cache.params.budget",
+             "Recent": "cache.params.recent",
              "num_samples": "num_samples", "output_folder": "output_folder", "recache": "recache", "i2v": "i2v",
              "use_ema": "use_ema", "save_with_index": "save_with_index"}
 
 
+def nested(key: str, value) -> dict:
+    """``"cache.params.budget", 6`` -> ``{"cache": {"params": {"budget": 6}}}``."""
+    head, _, leaf = key.partition(".")
+    return {head: nested(leaf, value)} if leaf else {key: value}
+
+
 def flag_layers(args) -> list[Layer]:
     """The flags that set config keys, one layer each (so messages name the flag)."""
-    out = [Layer("--is_ds_only 1", {"mode": "deep_sink"})] if args.is_ds_only == 1 else []
+    out = [Layer("--is_ds_only 1", {"cache": {"mode": "deep_sink"}})] if args.is_ds_only == 1 else []
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None and value is not False:
-            out.append(Layer(f"--{flag}" + ("" if value is True else f" {value}"), {key: value}))
+            out.append(Layer(f"--{flag}" + ("" if value is True else f" {value}"), nested(key, value)))
     if args.recache_on_switch and args.recache is None:
         out.append(Layer("--recache_on_switch", {"recache": "ours"}))
     if args.num_output_frames is not None:

@@ -10,18 +10,20 @@ Forcing, Deep Forcing and the other methods of the family loads: their training-
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from pipeline.rollout import RolloutConfig
 from utils.errors import CLIError
 from utils.paths import CONFIGS_DIR, REPO_ROOT
 
@@ -33,36 +35,31 @@ DEFAULT_SOURCE = "default"               # origin label of a schema default
 
 
 @dataclass
-class ModelKwargs:
-    """``model_kwargs``: the DiT's attention window and sink, and the scheduler shift (upstream names)."""
+class CacheConfig:
+    """``cache``: the mode and its policy's parameters, passed as they are to ``build_policy(mode, **params)``."""
 
-    timestep_shift: float = 5.0
-    local_attn_size: int = 21            # cache window L in latent frames (-1: global, capped at 21)
-    sink_size: int = 10                  # sink frames S
+    mode: str = "deep_sink_pc"           # a registered cache mode (pipeline.policies); --mode, --is_ds_only 1
+    # the policy's parameters (its dataclass fields: local_attn_size, sink_size, budget, recent, reuse_cap, ...);
+    # a parameter left out takes the policy class's default. Deep Forcing's window and sink:
+    params: Dict[str, Any] = field(default_factory=lambda: {"local_attn_size": 21, "sink_size": 10})
 
 
 @dataclass
 class BaseRunConfig:
-    """Every common config key with its one default. ``None`` for a cache parameter means the policy class's default.
+    """Every common config key with its one default, in sections: ``rollout``, ``cache``, then video and outputs.
 
     The methods' own sections (``methods.base.Method.section``) are added as fields named after them
-    (``run_config_class``).
+    (``run_config_class``). Released YAMLs write these keys flat (``num_frame_per_block``, ``model_kwargs.sink_size``,
+    ``budget``...): ``UPSTREAM_KEYS`` moves them into their sections.
     """
 
     # the method (methods/): its checkpoint family and recipe; None: detected from the YAML / checkpoint
     method: Optional[str] = None
     variant: Optional[str] = None        # the method's variant (e.g. Causal Forcing's framewise); None: its default
     recache: Optional[str] = None        # re-cache at prompt switches (pipeline.recache); None: the method's own
-
-    # Self Forcing rollout (few-step, chunk-wise)
-    denoising_step_list: List[int] = field(default_factory=lambda: [1000, 750, 500, 250])
-    warp_denoising_step: bool = True
-    num_frame_per_block: int = 3         # latent frames per chunk (B)
-    context_noise: float = 0.0           # timestep of the clean pass that writes the chunk into the KV cache
-    independent_first_frame: bool = False
-    num_train_timesteps: int = 1000
-    model_kwargs: ModelKwargs = field(default_factory=ModelKwargs)
-    # upstream spellings: must agree with num_train_timesteps / model_kwargs.timestep_shift when given
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)   # the loop's settings (pipeline.rollout)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    # upstream spellings: must agree with rollout.num_train_timesteps / rollout.timestep_shift when given
     num_train_timestep: Optional[int] = None
     timestep_shift: Optional[float] = None
     # video
@@ -71,24 +68,28 @@ class BaseRunConfig:
     fps: float = 16.0
     num_output_frames: Optional[int] = 126   # latent frames T (4T-3 video frames); null with --endless / seconds
     seconds: Optional[float] = None      # video length in seconds instead (wins over num_output_frames)
-    # cache: the mode and the parameters of its policy (pipeline.policies); --is_ds_only 1 / --mode set the mode
-    mode: str = "deep_sink_pc"
-    budget: Optional[int] = None         # --Budget: Participative Compression budget N (frames)
-    recent: Optional[int] = None         # --Recent: PC recent frames R
-    reuse_cap: Optional[int] = None      # PC: times a token may be re-selected (0: no cap)
-    realign_topc: Optional[bool] = None  # PC: the paper's variant that also re-aligns the kept top-C tokens
-    sink_gap: Optional[int] = None       # Deep Sink: unused time indices between sink and tail (None: the chunk size)
     # outputs (some released YAMLs carry these; the flags of the same name win)
     num_samples: int = 1
     save_with_index: bool = False
     use_ema: bool = False
     output_folder: str = "output"
-    # Causal Forcing++: the first generated chunk's step list (None: denoising_step_list); image-to-video
-    # (--i2v --image PATH; frame-wise models only)
-    denoising_step_list_first_chunk: Optional[List[int]] = None
-    i2v: bool = False
+    i2v: bool = False                    # image-to-video (--i2v --image PATH; frame-wise models only)
     inference_iter: int = -1
     model_name: str = "Wan2.1-T2V-1.3B"
+
+
+# Flat keys of the released YAMLs (and of command-line overrides) -> our sectioned keys. One table: a method adds its
+# own keys (``Method.upstream_keys``, into its section).
+UPSTREAM_KEYS = {
+    **{k: f"rollout.{k}" for k in ("denoising_step_list", "denoising_step_list_first_chunk", "warp_denoising_step",
+                                    "num_frame_per_block", "context_noise", "independent_first_frame",
+                                    "num_train_timesteps")},
+    "model_kwargs.timestep_shift": "rollout.timestep_shift",
+    "model_kwargs.local_attn_size": "cache.params.local_attn_size",
+    "model_kwargs.sink_size": "cache.params.sink_size",
+    "mode": "cache.mode",
+    **{k: f"cache.params.{k}" for k in ("budget", "recent", "reuse_cap", "realign_topc", "sink_gap")},
+}
 
 
 def run_config_class() -> type:
@@ -105,30 +106,43 @@ _SCHEMA: dict = {}
 
 
 def sections() -> tuple[str, ...]:
-    """The schema's nested sections: model_kwargs and every method section."""
+    """The schema's nested sections (dotted): rollout, cache, cache.params and every method section."""
     from methods.base import section_fields
-    return ("model_kwargs", *(name for name, _, _ in section_fields()))
+    return ("rollout", "cache", "cache.params", *(name for name, _, _ in section_fields()))
+
+
+def key_table() -> dict[str, str]:
+    """``UPSTREAM_KEYS`` plus every registered method's upstream keys."""
+    from methods.base import upstream_key_table
+    return {**UPSTREAM_KEYS, **upstream_key_table()}
 
 
 def translate(values: dict) -> dict:
-    """A layer with the flat upstream keys of method sections moved into them (``Method.upstream_keys``)."""
-    from methods.base import upstream_key_table
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
-    for upstream, ours in upstream_key_table().items():
+    """A layer with its flat upstream keys moved into their sections (``key_table``); other keys as they are."""
+    out = _copy(values)
+    for upstream, ours in key_table().items():
         head, _, leaf = upstream.rpartition(".")
         source = out.get(head) if head else out
         if not isinstance(source, dict) or leaf not in source:
             continue
-        section, _, key = ours.partition(".")
-        target = out.setdefault(section, {})
-        if isinstance(target, dict):
-            target[key] = source.pop(leaf)
+        value = source.pop(leaf)
+        node = out
+        *parents, last = ours.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[last] = value
+    if isinstance(out.get("model_kwargs"), dict) and not out["model_kwargs"]:
+        del out["model_kwargs"]  # every model_kwargs key found its section
     return out
 
-# RunConfig key -> policy parameter (build_policy(mode, **params)); None values are left to the policy's default.
-CACHE_KEYS = {"model_kwargs.local_attn_size": "local_attn_size", "model_kwargs.sink_size": "sink_size",
-              "budget": "budget", "recent": "recent", "reuse_cap": "reuse_cap", "realign_topc": "realign_topc",
-              "sink_gap": "sink_gap"}
+
+def _copy(values: dict) -> dict:
+    """A copy of nested dicts (leaves shared)."""
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
 
 # Keys of upstream YAMLs (training, or values the released inference scripts take from flags: seed) that mean
 # nothing here: dropped when a file is read, logged at debug level. (data_path and generator_ckpt are schema keys read
@@ -169,14 +183,19 @@ class LoadedConfig:
 
     cfg: RunConfig
     origins: dict                        # dotted key -> label of the layer that set it (absent: the default)
+    spelling: dict = field(default_factory=dict)  # dotted key -> the key as that layer wrote it (model_kwargs.x)
 
     def origin(self, key: str) -> str:
-        """Label of the layer that set ``key`` ('default' when none did)."""
-        return self.origins.get(key, DEFAULT_SOURCE)
+        """Label of the layer that set ``key`` ('default' when none did); released spellings are understood."""
+        return self.origins.get(key_table().get(key, key), DEFAULT_SOURCE)
+
+    def spell(self, key: str) -> str:
+        """``key`` as the layer that set it wrote it (the released spelling where it used one)."""
+        return self.spelling.get(key, key)
 
     def blame(self, *keys: str) -> str:
         """'key=value (from X)' for each key, for messages."""
-        return ", ".join(f"{k}={get(self.cfg, k)!r} (from {self.origin(k)})" for k in keys)
+        return ", ".join(f"{self.spell(k)}={get(self.cfg, k)!r} (from {self.origin(k)})" for k in keys)
 
     def to_dict(self) -> dict:
         """The merged config as plain data (for sidecars)."""
@@ -184,47 +203,65 @@ class LoadedConfig:
 
 
 def get(cfg: RunConfig, key: str) -> Any:
-    """The value of a dotted key."""
+    """The value of a dotted key (our spelling or the released one)."""
     node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
+    for part in key_table().get(key, key).split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
     return node
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-    """{'model_kwargs': {'sink_size': 1}} -> {'model_kwargs.sink_size': 1} (only the schema's sections nest)."""
+def _flatten(values: dict, prefix: str = "", nest: tuple = ()) -> dict:
+    """{'cache': {'mode': 'x'}} -> {'cache.mode': 'x'} (only the schema's sections, and ``nest``, nest)."""
     out = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
-        if key in sections() and isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+        if (key in sections() or key in nest) and isinstance(v, dict):
+            out.update(_flatten(v, key + ".", nest))
         else:
             out[key] = v
     return out
 
 
-def _omegaconf_error(exc: OmegaConfBaseException, label: str) -> CLIError:
-    """One paragraph for an OmegaConf merge error of the layer ``label``."""
-    key = getattr(exc, "full_key", None) or "?"
-    if isinstance(exc, ConfigKeyError):
+def known_keys() -> list[str]:
+    """Every dotted key a layer may set: the schema's and the upstream spellings of ``key_table``."""
+    def walk(cls, prefix: str) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            out += walk(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
+        return out
+    return [*walk(run_config_class(), ""), *key_table()]
+
+
+def unknown_key_error(key: str, label: str) -> CLIError:
+    """One paragraph for an unknown key, with the closest known key."""
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
+    if not close:  # a known leaf under another parent, e.g. sink_size -> model_kwargs.sink_size
         leaf = key.rsplit(".", 1)[-1]
-        close = re.search(r"Did you mean: '([^']+)'", str(exc))
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        in_section = leaf in ModelKwargs.__dataclass_fields__ and not parent
-        guess = parent + close.group(1) if close else (f"model_kwargs.{leaf}" if in_section else None)
-        hint = f" Did you mean '{guess}'?" if guess else ""
-        return CLIError(f"{label}: unknown config key '{key}'.{hint} Fix or remove it; the keys are listed in "
-                        f"README 'Configs' (sink, window and shift live under model_kwargs).")
+        close = [k for k in known_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return CLIError(f"{label}: unknown config key '{key}'.{hint} Fix or remove it; the keys are listed in README "
+                    f"'Configs' (released spellings such as model_kwargs.sink_size or num_frame_per_block work too).")
+
+
+def _omegaconf_error(exc: OmegaConfBaseException, label: str, spelling: dict) -> CLIError:
+    """One paragraph for an OmegaConf merge error of the layer ``label`` (keys as that layer spelled them)."""
+    key = getattr(exc, "full_key", None) or "?"
+    key = spelling.get(key, key)
+    if isinstance(exc, ConfigKeyError):
+        return unknown_key_error(key, label)
     msg = str(exc).strip().splitlines()[0]
     return CLIError(f"{label}: config key '{key}' has a value of the wrong type ({msg}); see README 'Configs'.")
 
 
 def _check_layer(layer: Layer) -> None:
-    """Shape errors OmegaConf reports badly: a section given as a scalar."""
-    for key in sections():
-        if key in layer.values and not isinstance(layer.values[key], dict):
+    """Shape errors OmegaConf reports badly: a section given as a scalar; keys left in model_kwargs."""
+    for key in ("model_kwargs", *sections()):
+        head, _, leaf = key.rpartition(".")
+        node = layer.values.get(head, {}) if head else layer.values
+        if isinstance(node, dict) and leaf in node and not isinstance(node[leaf], dict):
             raise CLIError(f"{layer.label}: '{key}' must be a mapping (e.g. {key}: {{sink_size: 10}} in a YAML, or "
-                           f"{key}.sink_size=10 on the command line), got {layer.values[key]!r}.")
+                           f"{key}.sink_size=10 on the command line), got {node[leaf]!r}.")
 
 
 def read_yaml(path: Path) -> Layer:
@@ -254,8 +291,13 @@ def read_yaml(path: Path) -> Layer:
 
 
 def schema_layer(layer: Layer) -> Layer:
-    """``layer`` with its upstream method keys moved into their sections (what the merge sees)."""
-    return Layer(layer.label, translate(layer.values))
+    """``layer`` with its upstream keys moved into their sections (what the merge sees); a key left in
+    ``model_kwargs`` is unknown."""
+    _check_layer(layer)
+    values = translate(layer.values)
+    for key in values.get("model_kwargs") or {}:
+        raise unknown_key_error(f"model_kwargs.{key}", layer.label)
+    return Layer(layer.label, values)
 
 
 def override_layer(item: str) -> Layer:
@@ -275,15 +317,23 @@ def override_layer(item: str) -> Layer:
 def merge_layers(layers: list[Layer]) -> LoadedConfig:
     """Schema defaults <- each layer in order; type errors and unknown keys name their layer."""
     cfg = OmegaConf.structured(run_config_class())
-    origins = {}
-    for layer in map(schema_layer, layers):
-        _check_layer(layer)
+    origins, spelling, table = {}, {}, key_table()
+    for raw in layers:
+        layer = schema_layer(raw)
+        spelled = {table.get(key, key): key for key in _flatten(raw.values, nest=("model_kwargs",))}
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(layer.values))
         except OmegaConfBaseException as exc:
-            raise _omegaconf_error(exc, layer.label) from None
+            raise _omegaconf_error(exc, layer.label, spelled) from None
         origins.update({k: layer.label for k in _flatten(layer.values)})
-    return LoadedConfig(OmegaConf.to_object(cfg), origins)
+        spelling.update(spelled)
+    try:
+        return LoadedConfig(OmegaConf.to_object(cfg), origins, spelling)
+    except (ValueError, OmegaConfBaseException) as exc:  # a section's own checks (RolloutConfig.__post_init__)
+        msg = " ".join(str(getattr(exc, "__cause__", None) or exc).split())
+        named = [k for k in origins if k.rsplit(".", 1)[-1].lower() in msg.lower()]
+        where = ", ".join(f"{spelling.get(k, k)}={OmegaConf.select(cfg, k)!r} (from {origins[k]})" for k in named)
+        raise CLIError(f"{msg}." + (f" Set by: {where}." if where else "")) from None
 
 
 def _float_keys(cls=None, prefix: str = "") -> list[str]:
@@ -305,7 +355,8 @@ def check_values(loaded: LoadedConfig) -> None:
     for key in _float_keys():
         v = get(cfg, key)
         if v is not None and not math.isfinite(v):
-            raise CLIError(f"{loaded.origin(key)}: {key}={v} is not a finite number; give a finite value.")
+            raise CLIError(f"{loaded.origin(key)}: {loaded.spell(key)}={v} is not a finite number; give a finite "
+                           f"value.")
     unsupported = [(k, *UNSUPPORTED[k]) for k in UNSUPPORTED if get(cfg, k) != get(run_config_class()(), k)]
     if unsupported:
         what = "; ".join(f"{feature} ({k}={get(cfg, k)!r} from {loaded.origin(k)}: {fix})"
@@ -316,19 +367,20 @@ def check_values(loaded: LoadedConfig) -> None:
     if not lo <= cfg.fps <= hi:
         raise CLIError(f"{loaded.origin('fps')}: fps={cfg.fps:g} is outside the supported range {lo:g} to {hi:g} "
                        f"frames per second; use e.g. fps=16 (the models' training rate).")
-    if not 0 <= cfg.context_noise <= cfg.num_train_timesteps:
-        raise CLIError(f"{loaded.origin('context_noise')}: context_noise={cfg.context_noise:g} must be a timestep "
-                       f"between 0 and num_train_timesteps={cfg.num_train_timesteps} (0 as released).")
+    ro = cfg.rollout
+    if not 0 <= ro.context_noise <= ro.num_train_timesteps:
+        raise CLIError(f"{loaded.origin('rollout.context_noise')}: context_noise={ro.context_noise:g} must be a "
+                       f"timestep between 0 and num_train_timesteps={ro.num_train_timesteps} (0 as released).")
     if cfg.num_samples < 1:
         raise CLIError(f"{loaded.origin('num_samples')}: num_samples={cfg.num_samples} must be at least 1.")
     if cfg.seconds is not None and cfg.seconds <= 0:
         raise CLIError(f"{loaded.origin('seconds')}: seconds={cfg.seconds:g} must be a positive number of seconds, "
                        f"e.g. --seconds 60.")
-    for alias, key in (("num_train_timestep", "num_train_timesteps"),
-                       ("timestep_shift", "model_kwargs.timestep_shift")):
+    for alias, key in (("num_train_timestep", "rollout.num_train_timesteps"),
+                       ("timestep_shift", "rollout.timestep_shift")):
         if get(cfg, alias) is not None and get(cfg, alias) != get(cfg, key):
             raise CLIError(f"Two different values for the same setting: {loaded.blame(alias, key)}. The rollout uses "
-                           f"{key}; make them equal or remove {alias}.")
+                           f"{loaded.spell(key)}; make them equal or remove {alias}.")
 
 
 def select_method(layers: list[Layer], checkpoint: str | None) -> tuple[str, str | None, str]:
@@ -385,13 +437,3 @@ def __getattr__(name: str):
     if name == "RunConfig":
         return run_config_class()
     raise AttributeError(name)
-
-
-def rollout_params(cfg) -> dict:
-    """The keys of ``RolloutConfig`` (the shift comes from model_kwargs, as upstream inference does)."""
-    return dict(denoising_step_list=list(cfg.denoising_step_list), warp_denoising_step=cfg.warp_denoising_step,
-                num_frame_per_block=cfg.num_frame_per_block, context_noise=cfg.context_noise,
-                timestep_shift=cfg.model_kwargs.timestep_shift, independent_first_frame=cfg.independent_first_frame,
-                num_train_timesteps=cfg.num_train_timesteps,
-                denoising_step_list_first_chunk=(None if cfg.denoising_step_list_first_chunk is None
-                                                 else list(cfg.denoising_step_list_first_chunk)))

@@ -79,6 +79,11 @@ class RunSettings:
             raise AttributeError(name) from None
 
     @property
+    def mode(self) -> str:
+        """The cache mode."""
+        return self.cfg.cache.mode
+
+    @property
     def cache(self) -> dict:
         """What the sidecar records of the cache: the mode and its parameters."""
         return self.policy.describe()
@@ -125,7 +130,7 @@ class RunSettings:
         cfg = self.cfg
         out = {"prompt": job.prompt, "extended_prompt": job.extended_prompt, "seed": self.seed, "sample": sample,
                "num_samples": cfg.num_samples, "num_output_frames": self.num_output_frames, "height": cfg.height,
-               "width": cfg.width, "fps": cfg.fps, "mode": cfg.mode, "cache": self.cache, "rollout": rollout,
+               "width": cfg.width, "fps": cfg.fps, "mode": cfg.cache.mode, "cache": self.cache, "rollout": rollout,
                "checkpoint": self.checkpoint.name, "use_ema": cfg.use_ema, "dtype": dtype_name(self.dtype),
                "device_type": self.device.type}
         if self.method.loop != "chunk":
@@ -159,7 +164,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     loaded = config_from_args(args)
     cfg, method = loaded.cfg, get_method(loaded.cfg.method)
     section = getattr(cfg, method.name, None)
-    rollout = checks.build_rollout(loaded)
+    rollout = cfg.rollout
     policy = checks.build_cache_policy(loaded, rollout.num_frame_per_block)
     loop = checks.build_strategy(loaded, method.loop, rollout, policy)
     spatial, temporal = (int(load_vae_config()[k]) for k in ("scale_factor_spatial", "scale_factor_temporal"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterator
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -35,12 +35,12 @@ Finished = tuple[int, int, torch.Tensor]
 class RolloutConfig:
     """Rollout settings, upstream YAML key names (README "Configs"; the loops in docs/architecture.md)."""
 
-    denoising_step_list: list = field(default_factory=lambda: [1000, 750, 500, 250])
+    denoising_step_list: List[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     # Causal Forcing++: steps of the first generated chunk (None: the same list as every other chunk).
-    denoising_step_list_first_chunk: list | None = None
+    denoising_step_list_first_chunk: Optional[List[int]] = None
     warp_denoising_step: bool = True
     num_frame_per_block: int = 3
-    context_noise: float = 0
+    context_noise: float = 0.0           # timestep of the clean pass that writes a block into the KV cache
     timestep_shift: float = 5.0
     independent_first_frame: bool = False
     num_train_timesteps: int = 1000

@@ -108,7 +108,6 @@ def test_i2v_errors_are_one_paragraph(run_cli, tmp_path, tiny_model_files, case)
 def test_causal_forcing_plus_plus_yamls_give_the_first_chunk_list(name, steps):
     from pathlib import Path
     from app.cli_config import load_config
-    from app.checks import build_rollout
-    rollout = build_rollout(load_config(Path(__file__).parent / "fixtures" / "family" / name))
+    rollout = load_config(Path(__file__).parent / "fixtures" / "family" / name).cfg.rollout
     assert rollout.num_frame_per_block == 1 and rollout.denoising_step_list == steps
     assert rollout.denoising_step_list_first_chunk == [1000, 750, 500, 250]

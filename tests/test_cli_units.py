@@ -47,11 +47,11 @@ def test_load_config_merges_and_overrides():
     loaded = load_config(CONFIGS / "self_forcing_dmd_sink14.yaml", ["model_kwargs.sink_size=12", "height=96",
                                                                      "denoising_step_list=[1000, 500]"])
     cfg = loaded.cfg
-    assert (cfg.model_kwargs.timestep_shift, cfg.model_kwargs.local_attn_size, cfg.model_kwargs.sink_size) == \
+    assert (cfg.rollout.timestep_shift, cfg.cache.params['local_attn_size'], cfg.cache.params['sink_size']) == \
         (5.0, 21, 12)
-    assert cfg.height == 96 and cfg.width == 832 and cfg.denoising_step_list == [1000, 500]
-    assert cfg.fps == 16 and cfg.mode == "deep_sink_pc" and cfg.budget is None
-    assert loaded.origin("model_kwargs.sink_size") == "override 'model_kwargs.sink_size=12'"
+    assert cfg.height == 96 and cfg.width == 832 and cfg.rollout.denoising_step_list == [1000, 500]
+    assert cfg.fps == 16 and cfg.cache.mode == "deep_sink_pc" and cfg.cache.params.get('budget') is None
+    assert loaded.origin("cache.params.sink_size") == "override 'model_kwargs.sink_size=12'"
     assert loaded.origin("model_kwargs.local_attn_size").endswith("self_forcing_dmd_sink14.yaml")
     assert loaded.origin("fps") == "default"
 
@@ -87,8 +87,8 @@ def test_upstream_training_keys_are_ignored(tmp_path):
 
 def test_overrides_parse_yaml_values_and_reject_unknown_keys():
     """Override values are YAML; unknown keys and non key=value items fail naming the override."""
-    assert load_config(None, ["model_kwargs.sink_size=12"]).cfg.model_kwargs.sink_size == 12
-    assert load_config(None, ["warp_denoising_step=false"]).cfg.warp_denoising_step is False
+    assert load_config(None, ["model_kwargs.sink_size=12"]).cfg.cache.params['sink_size'] == 12
+    assert load_config(None, ["warp_denoising_step=false"]).cfg.rollout.warp_denoising_step is False
     for bad, needle in (("sink_size=3", "override 'sink_size=3'"), ("model_kwargs=1", "must be a mapping"),
                         ("nonsense", "Unexpected argument 'nonsense'"), ("fps=fast", "could not be converted to Float"),
                         ("fps=.inf", "override 'fps=.inf': fps=inf is not a finite number")):

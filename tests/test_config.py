@@ -13,7 +13,7 @@ import yaml
 
 import inference
 from app.cli_config import TRAINING_KEYS, UNSUPPORTED, CLIError, RunConfig, load_config, translate
-from app.checks import build_cache_policy, build_rollout
+from app.checks import build_cache_policy
 from app.settings import config_from_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +54,9 @@ def test_family_yaml_loads(name):
     loaded = load_config(FAMILY / name)
     cfg = loaded.cfg
     B, L, S, steps = LOADS[name]
-    assert (cfg.num_frame_per_block, cfg.model_kwargs.local_attn_size, cfg.model_kwargs.sink_size) == (B, L, S)
-    assert cfg.denoising_step_list == steps and cfg.model_kwargs.timestep_shift == 5.0
-    assert build_rollout(loaded).num_frame_per_block == B
+    assert (cfg.rollout.num_frame_per_block, cfg.cache.params['local_attn_size'], cfg.cache.params['sink_size']) == (B, L, S)
+    assert cfg.rollout.denoising_step_list == steps and cfg.rollout.timestep_shift == 5.0
+    assert loaded.cfg.rollout.num_frame_per_block == B
     raw = yaml.safe_load((FAMILY / name).read_text())
     assert not set(translate(raw)) - set(RunConfig.__dataclass_fields__) - TRAINING_KEYS  # method keys in sections
 
@@ -68,7 +68,7 @@ def test_deep_forcing_sink_yamls_load(tmp_path, sink):
     raw["model_kwargs"] = {"timestep_shift": 5.0, "local_attn_size": 21, "sink_size": sink}
     path = tmp_path / f"self_forcing_dmd_sink{sink}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert load_config(path).cfg.model_kwargs.sink_size == sink
+    assert load_config(path).cfg.cache.params['sink_size'] == sink
     if sink <= 18:   # S + B <= L: a valid Deep Sink cache
         loaded = config_from_args(args_for("--config_path", str(path), "--is_ds_only", "1"))
         assert build_cache_policy(loaded, 3).describe()["sink_size"] == sink
@@ -99,7 +99,7 @@ def test_each_unsupported_key_is_named(key):
 
 def test_timestep_shift_and_train_timesteps_spellings():
     """The upstream spellings are accepted when they agree and an error naming both sources when they differ."""
-    assert load_config(None, ["timestep_shift=5.0", "num_train_timestep=1000"]).cfg.model_kwargs.timestep_shift == 5
+    assert load_config(None, ["timestep_shift=5.0", "num_train_timestep=1000"]).cfg.rollout.timestep_shift == 5
     with pytest.raises(CLIError, match=r"timestep_shift=3\.0 \(from override 'timestep_shift=3'\)"):
         load_config(None, ["timestep_shift=3"])
     with pytest.raises(CLIError, match="num_train_timestep=999"):
@@ -135,17 +135,17 @@ def test_merge_order_defaults_file_demo_flags_overrides(tmp_path):
     loaded = config_from_args(args_for("--demo", "--config_path", str(path), "--Budget", "14", "budget=15"))
     cfg = loaded.cfg
     assert cfg.height == 64 and loaded.origin("height") == "--demo"
-    assert cfg.budget == 15 and loaded.origin("budget") == "override 'budget=15'"
-    assert cfg.model_kwargs.sink_size == 4 and loaded.origin("model_kwargs.sink_size") == f"config file {path}"
+    assert cfg.cache.params['budget'] == 15 and loaded.origin("cache.params.budget") == "override 'budget=15'"
+    assert cfg.cache.params['sink_size'] == 4 and loaded.origin("cache.params.sink_size") == f"config file {path}"
     loaded = config_from_args(args_for("--config_path", str(path), "--Budget", "14"))
-    assert loaded.cfg.budget == 14 and loaded.origin("budget") == "--Budget 14"
+    assert loaded.cfg.cache.params['budget'] == 14 and loaded.origin("cache.params.budget") == "--Budget 14"
 
 
 def test_mode_flags():
     """--is_ds_only 1 selects deep_sink, --mode any registered mode, nothing: deep_sink_pc."""
-    assert config_from_args(args_for()).cfg.mode == "deep_sink_pc"
-    assert config_from_args(args_for("--is_ds_only", "1")).cfg.mode == "deep_sink"
-    assert config_from_args(args_for("--is_ds_only", "0", "--mode", "self_forcing")).cfg.mode == "self_forcing"
+    assert config_from_args(args_for()).cfg.cache.mode == "deep_sink_pc"
+    assert config_from_args(args_for("--is_ds_only", "1")).cfg.cache.mode == "deep_sink"
+    assert config_from_args(args_for("--is_ds_only", "0", "--mode", "self_forcing")).cfg.cache.mode == "self_forcing"
 
 
 def test_budget_reaches_the_policy():
@@ -161,7 +161,7 @@ def test_print_config(capsys):
     """--print_config prints the merged config as YAML and exits 0."""
     assert inference.main(["--print_config", "--Budget", "12", "fps=24"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
-    assert out["budget"] == 12 and out["fps"] == 24 and out["model_kwargs"]["sink_size"] == 10
+    assert out["cache"]["params"]["budget"] == 12 and out["fps"] == 24 and out["cache"]["params"]["sink_size"] == 10
 
 
 # ---------------------------------------------------------------- a test-only policy through the CLI
@@ -204,7 +204,7 @@ def test_infinite_forcing_yaml_runs_as_self_forcing_window():
     """Infinite-Forcing's vsink1 file (window 6, sink 1) gives a valid cache with --mode self_forcing."""
     loaded = config_from_args(args_for("--config_path", str(FAMILY / "self_forcing_dmd_vsink1.yaml"), "--mode",
                                        "self_forcing"))
-    d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
+    d = build_cache_policy(loaded, loaded.cfg.rollout.num_frame_per_block).describe()
     assert (d["mode"], d["local_attn_size"], d["sink_size"]) == ("self_forcing", 6, 1)
 
 

@@ -44,11 +44,11 @@ def test_every_shipped_family_yaml_is_listed():
 def test_causal_forcing_variant_is_one_flag(variant):
     v = VARIANTS[variant]
     cfg = load_config(None, flags=_flags(method="causal_forcing", variant=variant)).cfg
-    assert cfg.num_frame_per_block == v.num_frame_per_block
-    assert cfg.denoising_step_list == list(v.denoising_step_list)
-    assert cfg.denoising_step_list_first_chunk == (None if v.denoising_step_list_first_chunk is None
+    assert cfg.rollout.num_frame_per_block == v.num_frame_per_block
+    assert cfg.rollout.denoising_step_list == list(v.denoising_step_list)
+    assert cfg.rollout.denoising_step_list_first_chunk == (None if v.denoising_step_list_first_chunk is None
                                                    else list(v.denoising_step_list_first_chunk))
-    assert cfg.use_ema == (v.file.entry == "generator_ema") and cfg.mode == "self_forcing"
+    assert cfg.use_ema == (v.file.entry == "generator_ema") and cfg.cache.mode == "self_forcing"
     assert get_method("causal_forcing").checkpoint_path(None, variant) == f"checkpoints/causal_forcing/{v.file.filename}"
 
 
@@ -67,13 +67,13 @@ def test_checkpoint_path_selects_the_method(path, expected):
 def test_flag_and_yaml_key_win_over_detection():
     flags = _flags(method="self_forcing")
     cfg = load_config(CONFIGS_DIR / "longlive/longlive_inference.yaml", flags=flags).cfg
-    assert cfg.method == "self_forcing" and cfg.mode == "self_forcing"
+    assert cfg.method == "self_forcing" and cfg.cache.mode == "self_forcing"
 
 
 def test_a_later_layer_overrides_the_method_defaults():
     cfg = load_config(None, overrides=["num_frame_per_block=3"], flags=_flags(method="causal_forcing",
                                                                              variant="framewise")).cfg
-    assert cfg.num_frame_per_block == 3 and cfg.use_ema
+    assert cfg.rollout.num_frame_per_block == 3 and cfg.use_ema
 
 
 @pytest.mark.parametrize("argv,needle", [
