@@ -363,6 +363,11 @@ def check_values(loaded: LoadedConfig) -> None:
                          for k, feature, fix in unsupported)
         raise CLIError(f"This version does not support yet: {what}. Nothing was ignored silently: change these "
                        f"keys or use a config of the Self Forcing / Deep Forcing family.")
+    from pipeline.recache import recache_choices
+    if cfg.recache is not None and cfg.recache not in recache_choices():
+        raise CLIError(f"{loaded.origin('recache')}: recache={cfg.recache!r} is not a re-cache variant; use one of "
+                       f"{', '.join(recache_choices())} (off: keep the cache at a prompt switch, ours: recompute every "
+                       f"cached frame at its position; README 'Long videos').")
     lo, hi = FPS_RANGE
     if not lo <= cfg.fps <= hi:
         raise CLIError(f"{loaded.origin('fps')}: fps={cfg.fps:g} is outside the supported range {lo:g} to {hi:g} "

@@ -22,7 +22,9 @@ from typing import Callable
 import torch
 
 from pipeline.rollout import Rollout, RolloutInputs
-from wan.loading import ensure_model_files, load_generator
+from wan.hub import ensure_model_files
+from wan.loading import load_generator, resolve_path
+from wan.lora import merge_lora
 from wan.memory import should_offload_text_encoder
 from wan.attention import attention_backend
 from wan.text_encoder import WanTextEncoder
@@ -113,9 +115,9 @@ class VideoRunner:
         text_encoder = WanTextEncoder.from_model_dir(model_dir, dtype=dtype, device=device, offload=offload)
         lora = settings.method_run.lora
         model = load_generator(model_dir, checkpoint, use_ema=settings.use_ema, dtype=dtype, device=device,
-                               trust_checkpoint=settings.trust_checkpoint,
-                               **({} if lora is None else dict(lora_path=lora.path, lora_alpha=lora.alpha,
-                                                               lora_rank=lora.rank)))
+                               trust_checkpoint=settings.trust_checkpoint)
+        if lora is not None:  # the method's LoRA, merged over the checkpoint
+            merge_lora(model, resolve_path(lora.path), lora.alpha, lora.rank)
         if settings.compile:
             model.compile_blocks()
         vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)

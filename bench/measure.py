@@ -9,6 +9,8 @@ import torch
 
 from .clock import Clock, GpuMemory, RssSampler
 from .geometry import chunk_flops
+from pipeline.rollout import RolloutInputs
+
 from .modes import label_chunk
 
 
@@ -37,7 +39,7 @@ def random_inputs(pipe, latent_shape, latent_frames: int, settings: RunSettings)
     The noise is one tensor [1, T, C, h, w] on the device (upstream's order, grows with T), or in low-memory mode a
     ``LazyNoise`` drawn chunk by chunk (memory independent of the length).
     """
-    from pipeline.rollout import LazyNoise, RolloutInputs
+    from pipeline.noise import LazyNoise
     model = pipe.model
     cfg, device = model.config, model.device
     g = None if device.type == "meta" else torch.Generator(device=device).manual_seed(settings.seed)

@@ -168,7 +168,8 @@ class Method:
             return local.is_file()
         from wan.hub import fail_download, fetch_file
         local_dir = Path(str(local.absolute())[:-len(ckpt.filename)])
-        manual = f"`hf download {ckpt.repo_id} {ckpt.filename} --local-dir {local_dir}`"
+        from wan.loading import quoted_path
+        manual = f"`hf download {ckpt.repo_id} {ckpt.filename} --local-dir {quoted_path(local_dir)}`"
         fetch_file(ckpt.repo_id, ckpt.filename, local_dir,
                    lambda reason: fail_download(f"the {self.name} checkpoint {local}", reason, manual))
         return local.is_file()

@@ -97,6 +97,11 @@ class InfiniteForcingMethod(Method):
         """The checkpoint is there, or fetched (the repository's one .pt) when allowed."""
         return resolve_path(path).is_file()
 
+    def claims(self, values: dict) -> bool:
+        """The released ``self_forcing_dmd_vsink1.yaml``: a 6-frame window with a 1-frame sink."""
+        kwargs = values.get("model_kwargs")
+        return isinstance(kwargs, dict) and kwargs.get("local_attn_size") == 6 and kwargs.get("sink_size") == 1
+
     def variant_for(self, values: dict, checkpoint: str | None) -> str | None:
         """A checkpoint under ``checkpoints/infinite_forcing/`` is this method's."""
         if checkpoint is not None and f"/{LOCAL_DIR}/" in "/" + str(checkpoint).replace("\\", "/"):

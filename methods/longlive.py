@@ -297,7 +297,7 @@ class LongLive(Method):
                                             ctx.num_frames, source)
         return LongLiveRun(prompts, bool(sec.global_sink), sec.generator_ckpt, lora)
 
-    def checkpoint_path(self, section: LongLiveSection) -> str | None:
+    def checkpoint_path(self, section: LongLiveSection, variant: str | None = None) -> str | None:
         """``generator_ckpt`` of the config (used when --checkpoint_path is not given)."""
         return section.generator_ckpt
 

@@ -7,7 +7,7 @@ the trace record. A policy may observe every call's queries (``observe_queries``
 never knows which model runs.
 
 Every subclass with its own ``name`` registers itself (``POLICIES``); ``build_policy(mode, ...)`` builds one from the
-mode name; ``select_mode(is_ds_only, mode)`` maps the upstream flags. The semantics of every mode, the trace format
+mode name (the CLI maps upstream's ``--is_ds_only 1`` to ``deep_sink``). The semantics of every mode, the trace format
 and worked examples are in docs/cache.md.
 """
 from __future__ import annotations
@@ -331,17 +331,3 @@ def build_policy(mode: str, trace: TraceHook | None = None, **params) -> CachePo
                                f"parameters: {', '.join(sorted(known))}")
     own = policy_parameters(mode)
     return cls(trace=trace, **{k: v for k, v in params.items() if k in own})
-
-
-def select_mode(is_ds_only: int, mode: str | None = None) -> str:
-    """The cache mode from upstream's ``--is_ds_only`` (1: deep_sink, 0: deep_sink_pc) or an explicit ``mode``."""
-    if is_ds_only not in (0, 1):
-        raise CachePolicyError(f"--is_ds_only={is_ds_only} is invalid: use 1 for Deep Sink alone or 0 for "
-                               f"Deep Sink + Participative Compression")
-    if mode is None:
-        return "deep_sink" if is_ds_only else "deep_sink_pc"
-    policy_class(mode)
-    if is_ds_only and mode != "deep_sink":
-        raise CachePolicyError(f"--is_ds_only 1 asks for Deep Sink alone but the cache mode is {mode!r}; drop "
-                               f"--is_ds_only or the mode")
-    return mode

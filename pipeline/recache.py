@@ -18,7 +18,7 @@ import torch
 
 from .kv_cache import SLOT, KVCache, Rewrite
 
-RECACHES: dict[str, type["Recache"]] = {}
+RECACHES: dict[str, type["Recache"]] = {}  # filled below: off, ours (a method may add its own)
 
 
 def referenced_frames(kv: KVCache) -> torch.Tensor:
@@ -138,6 +138,9 @@ class Recache:
         return {"recache": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
+RECACHES[Recache.name] = Recache  # the base class is the "off" variant (first in the choice list)
+
+
 @dataclass
 class OursRecache(Recache):
     """Every cached frame recomputed at its current position (module docstring)."""
@@ -182,5 +185,3 @@ def build_recache(name: str, **params) -> Recache:
     own = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in params.items() if k in own})
 
-
-RECACHES["off"] = Recache

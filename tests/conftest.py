@@ -29,6 +29,17 @@ def tiny_model_files(tmp_path_factory):
     return tiny.model_dir, tiny.checkpoint
 
 
+@pytest.fixture(scope="module")
+def models(tiny_model_files, tmp_path_factory):
+    """(text encoder, DiT, VAE) of the tiny model, loaded once per module through VideoRunner.load."""
+    from app.runner import VideoRunner
+    from helpers import settings_for
+    settings = settings_for(tiny_model_files, tmp_path_factory.mktemp("unused"), "--data_path",
+                            str(REPO_ROOT / "prompts" / "demo.txt"))
+    runner = VideoRunner.load(settings, progress=False)
+    return runner.text_encoder, runner.model, runner.vae
+
+
 def make_cli_env(**extra) -> dict:
     """Environment for CLI subprocesses: offline, no progress bars, no torchrun variables."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -69,3 +80,13 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return work
+
+
+SUBPROCESS_FIXTURES = {"run_cli", "cli_env"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start the CLI in a subprocess (the ``run_cli`` / ``cli_env`` fixtures) are marked ``slow``."""
+    for item in items:
+        if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

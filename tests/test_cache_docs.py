@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.policies import build_policy
+from helpers import B, F, drive, make_kv, ramp_qkv
 
-from test_policies import B, F, drive, make_kv, ramp_qkv
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cache.md"
 

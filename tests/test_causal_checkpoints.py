@@ -8,23 +8,36 @@ import torch
 from huggingface_hub import constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from wan import hub
-from wan.causal_forcing import CAUSAL_FORCING_CHECKPOINTS, causal_forcing_checkpoint
+from methods.causal_forcing import VARIANTS, CausalForcing
 from app.demo_model import write_checkpoint
 from wan.loading import ModelFilesError, load_generator
 
 
+def causal_forcing_checkpoint(path):
+    """The released file (``CheckpointFile``) a local path stands for, or None."""
+    return next((v.file for v in VARIANTS.values() if v.file.matches(path)), None)
+
+
+def download_causal_forcing_checkpoint(filename: str, local_dir: Path) -> Path:
+    """Fetch the released ``filename`` to ``local_dir / filename`` through the method (download allowed)."""
+    variant = next(name for name, v in VARIANTS.items() if v.file.filename == filename)
+    target = Path(local_dir) / filename
+    assert CausalForcing().fetch_checkpoint(str(target), variant, download=True) is True
+    return target
+
+
 def test_released_files_and_their_entries():
-    table = {name: (c.entry, c.num_frame_per_block, list(c.denoising_step_list),
-                    c.denoising_step_list_first_chunk and list(c.denoising_step_list_first_chunk))
-             for name, c in CAUSAL_FORCING_CHECKPOINTS.items() if c.supported}
+    table = {c.file.filename: (c.file.entry, c.num_frame_per_block, list(c.denoising_step_list),
+                               c.denoising_step_list_first_chunk and list(c.denoising_step_list_first_chunk))
+             for c in VARIANTS.values()}
     assert table == {
         "chunkwise/causal_forcing.pt": ("generator", 3, [1000, 750, 500, 250], None),
         "framewise/causal_forcing.pt": ("generator_ema", 1, [1000, 750, 500, 250], None),
         "causal-forcing++/framewise-2step.pt": ("generator_ema", 1, [1000, 500], [1000, 750, 500, 250]),
         "causal-forcing++/framewise-1step.pt": ("generator_ema", 1, [1000], [1000, 750, 500, 250]),
     }
-    assert not CAUSAL_FORCING_CHECKPOINTS["chunkwise/longvideo.pt"].supported
+    assert causal_forcing_checkpoint("checkpoints/causal_forcing/chunkwise/longvideo.pt") is None  # not supported
+    assert CausalForcing().variant_for({}, "checkpoints/causal_forcing/chunkwise/longvideo.pt") is None
     assert causal_forcing_checkpoint("checkpoints/causal_forcing/framewise/causal_forcing.pt").use_ema
     assert not causal_forcing_checkpoint(Path("/x/chunkwise/causal_forcing.pt")).use_ema
     assert causal_forcing_checkpoint("checkpoints/self_forcing_dmd.pt") is None
@@ -64,7 +77,7 @@ def test_offline_download_gives_the_manual_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelFilesError) as err:
-        hub.download_causal_forcing_checkpoint("framewise/causal_forcing.pt", tmp_path / "checkpoints")
+        download_causal_forcing_checkpoint("framewise/causal_forcing.pt", tmp_path / "checkpoints")
     msg = str(err.value)
     assert "HF_HUB_OFFLINE" in msg and "\n" not in msg
     assert ("hf download zhuhz22/Causal-Forcing framewise/causal_forcing.pt --local-dir checkpoints"
@@ -76,7 +89,7 @@ def test_unreachable_hub_gives_the_manual_command(tmp_path, monkeypatch, online)
         raise LocalEntryNotFoundError("connection refused")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
     with pytest.raises(ModelFilesError) as err:
-        hub.download_causal_forcing_checkpoint("causal-forcing++/framewise-1step.pt", tmp_path)
+        download_causal_forcing_checkpoint("causal-forcing++/framewise-1step.pt", tmp_path)
     msg = str(err.value)
     assert "LocalEntryNotFoundError" in msg and "causal-forcing++/framewise-1step.pt" in msg and "\n" not in msg
 
@@ -88,8 +101,11 @@ def test_online_download_fetches_the_file_from_the_causal_forcing_repo(tmp_path,
         calls.append((repo_id, filename, local_dir))
         return str(write_checkpoint(Path(local_dir) / filename))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
-    got = hub.download_causal_forcing_checkpoint("causal-forcing++/framewise-2step.pt", tmp_path / "ckpt")
+    got = download_causal_forcing_checkpoint("causal-forcing++/framewise-2step.pt", tmp_path / "ckpt")
     assert calls == [("zhuhz22/Causal-Forcing", "causal-forcing++/framewise-2step.pt", str(tmp_path / "ckpt"))]
     assert got == tmp_path / "ckpt" / "causal-forcing++" / "framewise-2step.pt" and got.is_file()
-    with pytest.raises(ModelFilesError, match="not a released Causal Forcing checkpoint"):
-        hub.download_causal_forcing_checkpoint("framewise/ar_diffusion_typo.pt", tmp_path)
+    # a path that is not a released file is not fetched: the method leaves it to the caller (missing file error)
+    calls.clear()
+    assert CausalForcing().fetch_checkpoint(str(tmp_path / "framewise/ar_diffusion_typo.pt"), "framewise",
+                                            download=True) is False
+    assert calls == []

@@ -10,24 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mp4_probe import decoded, probe
 from polling import wait_for
+from helpers import frames_of, model_args, read_video
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = ("height=32", "width=32")   # latent 4x4: 4 tokens per frame
 FRAMES = 3                          # one chunk -> 4*3-3 = 9 video frames
-
-
-def read_video(path: Path) -> tuple[int, float, tuple[int, int], str]:
-    """(frame count, fps, (width, height), codec) of an mp4, decoded with PyAV."""
-    info = probe(path)
-    return info["frames"], info["fps"], info["size"], info["codec"]
-
-
-def frames_of(path: Path):
-    """All decoded frames of an mp4 as one uint8 array [n, H, W, 3]."""
-    return decoded(path)
 
 
 def outputs(folder: Path) -> dict[str, list[str]]:
@@ -37,12 +26,6 @@ def outputs(folder: Path) -> dict[str, list[str]]:
         if files:
             out[str(Path(dirpath).relative_to(folder))] = sorted(files)
     return out
-
-
-def model_args(tiny_model_files) -> list[str]:
-    """Flags pointing the CLI at the tiny model on CPU."""
-    model_dir, checkpoint = tiny_model_files
-    return ["--wan_model_dir", model_dir, "--checkpoint_path", checkpoint, "--device", "cpu"]
 
 
 def line_files(folder: Path, prompts: list[str]) -> Path:

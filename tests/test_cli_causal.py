@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from media.image import load_image
-from test_cli import model_args, read_video
 from wan.vae import WanVAE
+from helpers import model_args, read_video
 
 SMALL = ("height=32", "width=32")  # latent 4 x 4
 FRAMEWISE = "num_frame_per_block=1"

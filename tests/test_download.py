@@ -8,7 +8,8 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from app.demo_model import write_checkpoint, write_model_folder
-from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError, ensure_model_files,
+from wan.hub import ensure_model_files
+from wan.loading import (DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR, ModelFilesError,
                          load_generator)
 
 WAN_CMD = "hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir wan_models/Wan2.1-T2V-1.3B"

@@ -8,7 +8,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants
 
-from wan import hub
+from methods import infinite_forcing
 from wan.loading import ModelFilesError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def fake_snapshot(names, calls, error=None):
 def test_infinite_forcing_download_returns_the_one_checkpoint(tmp_path, online, monkeypatch):
     calls = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot(["ema_model.pt"], calls))
-    got = hub.download_infinite_forcing(tmp_path / "if")
+    got = infinite_forcing.download(tmp_path / "if")
     assert got == (tmp_path / "if" / "ema_model.pt").absolute()
     assert calls == [("SOTAMak1r/Infinite-Forcing", ["*.pt"])]
 
@@ -44,18 +44,18 @@ def test_infinite_forcing_download_returns_the_one_checkpoint(tmp_path, online, 
 def test_infinite_forcing_download_with_several_files_asks_which(tmp_path, online, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot(["a.pt", "b/c.pt"], []))
     with pytest.raises(ModelFilesError, match=r"2 \.pt files .*a\.pt, c\.pt.*--checkpoint_path"):
-        hub.download_infinite_forcing(tmp_path / "if")
+        infinite_forcing.download(tmp_path / "if")
 
 
 def test_infinite_forcing_unreachable_gives_the_manual_command(tmp_path, online, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot([], [], OSError("no route to host")))
     with pytest.raises(ModelFilesError, match="hf download SOTAMak1r/Infinite-Forcing --include '\\*.pt'"):
-        hub.download_infinite_forcing(tmp_path / "if")
+        infinite_forcing.download(tmp_path / "if")
 
 
 def test_tool_offline_exits_2_with_one_paragraph(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
-    for args in (["infinite_forcing"], ["longlive"], ["self_forcing"], ["causal_forcing", "framewise/causal_forcing.pt"]):
+    for args in (["infinite_forcing"], ["longlive"], ["self_forcing"], ["causal_forcing", "--variant", "framewise"]):
         r = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "download_checkpoints.py"), *args, "--root",
                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2, r.stderr

@@ -3,6 +3,7 @@ positions for chunks f = 0 .. 30: Infinite-Forcing's V-sink (W 6, S 1 and W 12, 
 (W 12, S 3). The attended index of a key is its time position relative to the window's origin ``f - n_c``."""
 import pytest
 
+import methods  # noqa: F401  (registers the infinite_forcing cache mode: methods/infinite_forcing.py)
 from pipeline.policies import build_policy
 
 from test_policies import B, F, drive, make_kv, ramp_qkv

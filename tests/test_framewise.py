@@ -7,9 +7,9 @@ import test_policies_reference as policy_ref
 from naive_wan import naive_rollout
 from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 from pipeline.policies import build_policy
-from test_policies import text
 
 from tiny import TINY, text_embeds, tiny_model
+from helpers import text
 
 LATENT = (16, 4, 4)  # C, H, W -> F = 4 tokens per frame
 F = 4

@@ -198,8 +198,10 @@ def test_prompt_switch_with_recache_keeps_the_image_frame(latent):
     prompt, other = text_embeds(1, model.config, seed=1), text_embeds(1, model.config, seed=2)
     F = model.config.tokens_per_frame(*latent.shape[-2:])
     runs = {}
+    from pipeline.recache import build_recache
     for recache in (False, True):
         pipe = _pipe(model, MODES["deep_sink"])
+        pipe = Rollout(model, pipe.config, pipe.policy, recache=build_recache("ours" if recache else "off"))
         switches = []
 
         def switch(i, f):
@@ -207,7 +209,7 @@ def test_prompt_switch_with_recache_keeps_the_image_frame(latent):
             return other if i == 6 else None
 
         runs[recache] = pipe.generate_seeded(prompt, 10, tuple(latent.shape[1:]), seed=3, image_latent=latent,
-                                             prompt_switch=switch, recache=recache)
+                                             prompt_switch=switch)
         assert switches[0] == (1, 1) and (6, 6) in switches  # asked before every generated frame
         c = pipe.kv.layers[0]
         assert c.frame[0, :F].eq(0).all()

@@ -57,9 +57,11 @@ def test_longlive_interactive_yaml_runs(tmp_path, tiny_model_files, capsys):
         assert record["prompt"] == SEGMENTS[n][0]
         assert [(s["chunk"], s["latent_frame"], s["prompt"]) for s in record["prompt_switches"]] == [
             (2, 6, SEGMENTS[n][1]), (3, 9, SEGMENTS[n][2])]
-        assert record["longlive"] == {"lora": {"file": "lora.pt", "alpha": 8.0, "rank": 4},
-                                      "longlive_prompts": SEGMENTS[n], "switch_frame_indices": [4, 9],
-                                      "recache": "longlive", "global_sink": True}
+        assert record["method"] == {"method": "longlive", "variant": "normal",
+                                    "lora": {"file": "lora.pt", "alpha": 8.0, "rank": 4},
+                                    "longlive_prompts": SEGMENTS[n], "switch_frame_indices": [4, 9],
+                                    "global_sink": True}
+        assert record["request"]["recache"] == "longlive"
         assert record["cache"]["mode"] == "self_forcing" and record["cache"]["local_attn_size"] == 12
     with_lora = torch.load(tmp_path / "out" / "0-0_regular.pt", weights_only=True)["latents"]
 
@@ -97,7 +99,9 @@ def test_recache_variant_flag(tmp_path, tiny_model_files, capsys, flag, variant)
                     tiny_model_files[1], "--device", "cpu", flag, "height=32", "width=32")
     assert rc == 0, err
     record = json.loads((tmp_path / "out" / "0-0_regular.json").read_text())
-    assert record["longlive"]["recache"] == variant and "lora" not in record["longlive"]
+    # the request names the re-cache only when it is not off / ours (recache_on_switch tells those apart)
+    assert record["request"].get("recache", variant) == variant and "lora" not in record["method"]
+    assert record["method"]["method"] == "longlive"
     assert record["recache_on_switch"] is (variant != "off")
 
 
@@ -127,12 +131,12 @@ def test_longlive_yamls_choose_their_cache_mode(name, flags, mode):
     """LongLive's three YAMLs, as released, run its normal mode (Self Forcing window 12, sink 3) or, with
     use_infinite_attention, its infinite mode; an explicit mode puts Deep Sink / PC on top."""
     from pathlib import Path
-    from app.longlive_settings import default_longlive_mode
-    from app.settings import build_cache_policy, config_from_args
+    from app.checks import build_cache_policy
+    from app.settings import config_from_args
     family = Path(__file__).resolve().parent / "fixtures" / "family" / name
     loaded = config_from_args(inference.build_parser().parse_intermixed_args(["--config_path", str(family), *flags]))
-    default_longlive_mode(loaded)
-    d = build_cache_policy(loaded, loaded.cfg.num_frame_per_block).describe()
+    assert loaded.cfg.method == "longlive"  # load_config puts LongLive's defaults (its mode) under the YAML
+    d = build_cache_policy(loaded, loaded.cfg.rollout.num_frame_per_block).describe()
     assert (d["mode"], d["local_attn_size"], d["sink_size"]) == (mode, 12, 3)
 
 
@@ -144,4 +148,5 @@ def test_longlive_infinite_mode_runs_through_the_cli(tmp_path, tiny_model_files,
                     "width=32")
     assert rc == 0, err
     record = json.loads((tmp_path / "out" / "0-0_regular.json").read_text())
-    assert record["cache"]["mode"] == "infinite_forcing" and record["longlive"]["recache"] == "longlive"
+    assert record["cache"]["mode"] == "infinite_forcing" and record["request"]["recache"] == "longlive"
+    assert record["method"]["variant"] == "infinite"

@@ -3,7 +3,11 @@ import pytest
 import yaml
 
 from utils.errors import CLIError
-from app.longlive_config import LoraSettings, lora_settings, recache_variant
+from app.cli import build_parser, flag_layers
+from app.cli_config import load_config
+from methods.base import LoraSettings, get_method
+from methods.longlive import lora_settings
+from pipeline.recache import build_recache, recache_choices
 
 RELEASED = yaml.safe_load("""
 lora_ckpt: longlive_models/models/lora.pt
@@ -43,8 +47,19 @@ def test_bad_adapter_is_one_paragraph(lora, adapter, needle):
     assert needle in msg and "configs/longlive_inference.yaml" in msg and "\n" not in msg
 
 
+def _recache(*argv: str) -> str:
+    """The re-cache variant a command line selects (flags and overrides, through the config and the method)."""
+    args = build_parser().parse_args(["--demo", *argv])
+    loaded = load_config(overrides=args.overrides, flags=flag_layers(args))
+    method = get_method(loaded.cfg.method)
+    return method.build_recache(loaded.cfg.recache, getattr(loaded.cfg, method.name, None)).name
+
+
 def test_recache_choices():
-    assert recache_variant("off") is False and recache_variant(None) is False
-    assert recache_variant(True) == "ours" and recache_variant("longlive") == "longlive"
+    assert set(recache_choices()) == {"off", "ours", "longlive"}
+    assert _recache("--recache", "off") == "off" and _recache() == "off"
+    assert _recache("--recache_on_switch") == "ours" and _recache("--recache", "longlive") == "longlive"
+    assert build_recache("off").name == "off" and build_recache("ours").name == "ours"
+    assert build_recache("longlive", global_sink=True).global_sink is True
     with pytest.raises(CLIError, match="longlive"):
-        recache_variant("peft")
+        _recache("recache=peft")

@@ -8,7 +8,10 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from wan.loading import ModelFilesError
-from wan.longlive_hub import DEFAULT_LONGLIVE_CHECKPOINT, DEFAULT_LONGLIVE_LORA, ensure_longlive_files
+from methods.longlive import BASE_FILE, LOCAL_DIR, LORA_FILE, ensure_files as ensure_longlive_files
+
+DEFAULT_LONGLIVE_CHECKPOINT = f"{LOCAL_DIR}/{BASE_FILE}"
+DEFAULT_LONGLIVE_LORA = f"{LOCAL_DIR}/{LORA_FILE}"
 
 CMD = ("hf download Efficient-Large-Model/LongLive models/longlive_base.pt models/lora.pt "
        "--local-dir longlive_models")

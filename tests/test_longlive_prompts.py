@@ -5,15 +5,17 @@ import logging
 import pytest
 import torch
 
-from pipeline.rollout import RolloutInputs
+from methods.longlive import LongLiveRecache
+from pipeline.policies import SelfForcingWindow
+from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 import yaml
 
 from utils.errors import CLIError
-from app.longlive_prompts import load_longlive_prompts, parse_switch_frame_indices, switch_chunks
+from methods.longlive_prompts import load_longlive_prompts, parse_switch_frame_indices, switch_chunks
 from app.schedule import ChunkClock
 from app.switching import PromptSwitcher
 
-from tiny import text_embeds, tiny_model, tiny_pipeline
+from tiny import text_embeds, tiny_model
 
 CLOCK = ChunkClock(3, 4, 16.0)
 
@@ -103,9 +105,9 @@ def test_switcher_follows_the_schedule_in_a_rollout(tmp_path):
         return embeds[text]
 
     switcher = PromptSwitcher(CLOCK, encode, ll.jobs()[0].text, schedule=ll.schedule(0, CLOCK))
-    pipe = tiny_pipeline(model, local_attn_size=12, sink_size=3)
+    pipe = Rollout(model, RolloutConfig(), SelfForcingWindow(local_attn_size=12, sink_size=3),
+                   recache=LongLiveRecache(global_sink=True))
     noise = torch.randn(1, 15, 16, 4, 4, generator=torch.Generator().manual_seed(0))
-    list(pipe.frames(RolloutInputs(embeds["p0"], noise, torch.Generator().manual_seed(1), prompt_switch=switcher,
-                          recache="longlive")))
+    list(pipe.frames(RolloutInputs(embeds["p0"], noise, torch.Generator().manual_seed(1), prompt_switch=switcher)))
     assert fired == ["p1", "p2"]
     assert [(s["chunk"], s["latent_frame"], s["prompt"]) for s in switcher.switches] == [(2, 6, "p1"), (3, 9, "p2")]

@@ -3,10 +3,11 @@ absolute positions, no cache object), for global_sink true and false, switches b
 import pytest
 import torch
 
-from pipeline.rollout import RolloutInputs
+from pipeline.rollout import Rollout, RolloutInputs
 
 from naive_wan import _sigma_table, naive_forward
-from pipeline.recache import CleanLatentStore, LongLiveRecache, recache_store
+from methods.longlive import LongLiveRecache, WindowStore
+from pipeline.recache import CleanLatentStore, build_recache
 from pipeline.policies import SelfForcingWindow, build_policy, registered_modes
 from tiny import text_embeds, tiny_model, tiny_pipeline
 
@@ -81,11 +82,21 @@ def model():
     return tiny_model(seed=8)
 
 
-def _run(model, prompts, noise, recache, global_sink=True, policy=None):
+def _recache(recache, global_sink=True):
+    """The re-cache object of an old-style choice: False (off), True / "ours", "longlive" (with global_sink)."""
+    name = {False: "off", True: "ours"}.get(recache, recache)
+    return build_recache(name, global_sink=global_sink)
+
+
+def _pipeline(model, recache, global_sink=True, policy=None):
     pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S, policy=policy)
+    return Rollout(model, pipe.config, pipe.policy, recache=_recache(recache, global_sink))
+
+
+def _run(model, prompts, noise, recache, global_sink=True, policy=None):
+    pipe = _pipeline(model, recache, global_sink, policy)
     chunks = list(pipe.frames(RolloutInputs(prompts[0], noise, torch.Generator().manual_seed(7),
-                                   prompt_switch=lambda i, f: prompts.get(i), recache=recache,
-                                   global_sink=global_sink)))
+                                            prompt_switch=lambda i, f: prompts.get(i))))
     return torch.cat([x0 for _, _, x0 in chunks], dim=1), pipe
 
 
@@ -135,30 +146,29 @@ def test_longlive_and_ours_agree_up_to_the_window_and_differ_after(model):
 
 def test_store_keeps_the_last_window_frames_for_longlive(model):
     pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S)
-    store = recache_store("longlive", False, pipe.policy)
-    assert isinstance(store, LongLiveRecache) and store.keep_last == L
-    assert type(recache_store(True, True, pipe.policy)) is CleanLatentStore
-    assert recache_store(False, True, pipe.policy) is None
+    store = LongLiveRecache(global_sink=False).new_store(pipe.policy)
+    assert isinstance(store, WindowStore) and store.keep_last == L
+    assert type(_recache(True, True).new_store(pipe.policy)) is CleanLatentStore
+    assert _recache(False, True).new_store(pipe.policy) is None
     noise = torch.randn(1, 27, *LATENT, generator=torch.Generator().manual_seed(3))
     pipe._cache_for(1, 4)
     for f in range(0, 27, B):
         store.add(f, noise[:, f:f + B])
         store.prune(pipe.kv)  # an empty cache references nothing: only the last L frames stay
     assert sorted(store._frames) == list(range(27 - L, 27))
-    with pytest.raises(ValueError, match="'longlive'"):
-        recache_store("peft", True, SelfForcingWindow(local_attn_size=L, sink_size=S))
+    with pytest.raises(ValueError, match=r"'peft'.*longlive"):
+        _recache("peft", True).new_store(SelfForcingWindow(local_attn_size=L, sink_size=S))
 
 
 def test_longlive_recache_past_frame_1100():
     global_sink = False  # the variant that moves the sink (positions rebuilt from the pass)
     model = tiny_model(seed=9, num_layers=1)
-    pipe = tiny_pipeline(model, local_attn_size=L, sink_size=S)
+    pipe = _pipeline(model, "longlive", global_sink)
     prompts = {0: text_embeds(1, model.config, seed=1), 367: text_embeds(1, model.config, seed=2),
                369: text_embeds(1, model.config, seed=3)}  # switches at f = 1101 and 1107
     noise, source = pipe.seeded_noise(1, 1113, (16, 2, 2), seed=0, noise_order="chunked")
     last = None
-    for i, f, x0 in pipe.frames(RolloutInputs(prompts[0], noise, source, prompt_switch=lambda i, f: prompts.get(i),
-                                     recache="longlive", global_sink=global_sink)):
+    for i, f, x0 in pipe.frames(RolloutInputs(prompts[0], noise, source, prompt_switch=lambda i, f: prompts.get(i))):
         last = x0
     assert torch.isfinite(last).all()
     sink = pipe.kv.layers[0].frame[0, :S].tolist()  # F = 1 token per frame

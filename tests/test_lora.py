@@ -80,11 +80,12 @@ def test_whole_dict_without_generator_lora_entry_is_accepted(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
 
-def test_load_generator_merges_lora_after_checkpoint(tmp_path, tiny_model_files):
+def test_lora_merges_over_the_loaded_checkpoint(tmp_path, tiny_model_files):
     model_dir, ckpt = tiny_model_files
     lora_path = write_lora_file(tmp_path / "models" / "lora.pt", tiny_dit_config(), rank=4, seed=5)
     plain = load_generator(model_dir, ckpt)
-    merged = load_generator(model_dir, ckpt, lora_path=lora_path, lora_alpha=8, lora_rank=4)
+    merged = load_generator(model_dir, ckpt)
+    merge_lora(merged, lora_path, 8, 4)
     by_hand = copy.deepcopy(plain)
     merge_lora(by_hand, lora_path, 8)
     for (k, a), b in zip(merged.state_dict().items(), by_hand.state_dict().values()):
@@ -92,7 +93,7 @@ def test_load_generator_merges_lora_after_checkpoint(tmp_path, tiny_model_files)
     assert not torch.equal(merged.blocks[0].ffn[0].weight, plain.blocks[0].ffn[0].weight)
     assert not merged.blocks[0].ffn[0].weight.requires_grad
     with pytest.raises(ModelFilesError, match="adapter.rank = 8"):
-        load_generator(model_dir, ckpt, lora_path=lora_path, lora_alpha=8, lora_rank=8)
+        merge_lora(load_generator(model_dir, ckpt), lora_path, 8, 8)
 
 
 def _error(tmp_path, tensors, **kw):

@@ -22,7 +22,7 @@ from app.switching import LivePrompts
 from media.video import WRITER_THREADS, Mp4Writer, encoder_threads, shared_pool
 from mp4_probe import fragments, probe
 from polling import wait_for
-from test_streaming import PROMPTS, SMALL, models, prompt_file, runner_for, settings_for  # noqa: F401 (fixture)
+from helpers import PROMPTS, SMALL, prompt_file, runner_for, settings_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_FLAGS = ("--device", "cpu", *SMALL)

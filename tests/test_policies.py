@@ -6,15 +6,11 @@ import torch
 from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
 from pipeline.kv_cache import KVCache
 from pipeline.policies import (CachePolicyError, DeepSink, ParticipativeCompression, SelfForcingWindow,
-                               build_policy, select_mode, select_top)
+                               build_policy, select_top)
 from wan.rope import WanRope
 
-from tiny import TINY, tiny_model
-
-LATENT = (16, 4, 4)  # C, H, W -> F = 4 tokens per frame
-F = 4
-H, D = 2, 16  # heads, head dim of the tiny model
-B = 3
+from tiny import tiny_model
+from helpers import B, D, F, H, LATENT, drive, make_kv, ramp_qkv, text
 
 POLICIES = {
     "self_forcing": dict(mode="self_forcing", sink_size=3),
@@ -25,6 +21,7 @@ POLICIES = {
     # the family's checkpoints: Infinite-Forcing (W 6, S 1), LongLive (W 12, S 3), normal and infinite
     "infinite_forcing": dict(mode="infinite_forcing", local_attn_size=6, sink_size=1),
     "infinite_forcing_w12_s2": dict(mode="infinite_forcing", local_attn_size=12, sink_size=2),
+    "infinite_forcing_w12_s1": dict(mode="infinite_forcing", local_attn_size=12, sink_size=1),
     "longlive": dict(mode="self_forcing", local_attn_size=12, sink_size=3),
     "longlive_infinite": dict(mode="infinite_forcing", local_attn_size=12, sink_size=3),
     # Deep Sink / PC on those windows, and the gap option
@@ -40,57 +37,6 @@ POLICIES = {
 NEW = [n for n in POLICIES if n not in ("self_forcing", "deep_sink", "deep_sink_pc", "deep_sink_pc_paper")]
 
 
-# ----------------------------------------------------------------------------------------------------- helpers
-def text(seed=1, batch=1):
-    """Prompt embeddings [batch, text_len, text_dim], zero after 5 tokens."""
-    e = torch.randn(batch, TINY["text_len"], TINY["text_dim"], generator=torch.Generator().manual_seed(seed))
-    e[:, 5:] = 0
-    return e
-
-
-def make_kv(policy, layers=1, batch=1, dtype=torch.float32):
-    """A KVCache for ``policy`` with the tiny geometry, reset for a new video."""
-    rope = WanRope(D)
-    kv = KVCache(layers, batch, policy.capacity_frames(B) * F, H, D, dtype, "cpu", policy, F, rope.rotate_time)
-    kv.reset()
-    return kv
-
-
-def drive(kv, num_chunks, qkv, calls=5):
-    """Simulate the rollout's cache traffic: per chunk ``calls`` calls per layer (4 steps + clean pass), commit.
-
-    qkv(layer, f, call) -> q, k, v [batch, B*F, H, D]. Yields the chunk start after each commit.
-    """
-    for i in range(num_chunks):
-        f = i * B
-        kv.begin_chunk(f, B)
-        pos = torch.arange(f, f + B).repeat_interleave(F)
-        rotation = WanRope(D).time_rotation(pos - kv.base, kv.layers[0].k.dtype)  # as the model builds it per call
-        for c in range(calls):
-            for layer in range(len(kv.layers)):
-                kv.update(layer, *qkv(layer, f, c), pos, rotation)
-        kv.commit()
-        yield f
-
-
-def ramp_qkv(score_of, batch=1):
-    """q = ones and k = score_of(frame, token) on the non-time channels; v = (frame, call, token, layer)."""
-    time_dim = WanRope(D).time_dim
-
-    def qkv(layer, f, call):
-        frames = torch.arange(f, f + B).repeat_interleave(F).double()
-        toks = torch.arange(F).repeat(B).double()
-        q = torch.zeros(batch, B * F, H, D)
-        q[..., time_dim:] = 1
-        k = torch.zeros(batch, B * F, H, D)
-        k[..., time_dim:] = score_of(frames, toks)[None, :, None, None].float()
-        v = torch.zeros(batch, B * F, H, D)
-        v[..., 0], v[..., 2] = frames.float()[None, :, None], toks.float()[None, :, None]
-        v[..., 1], v[..., 3] = call, layer
-        return q, k, v
-    return qkv
-
-
 def naive_rot(x, t):
     """Time rotation by complex multiplication at positions t (float64). x [..., n, H, D], t [n]."""
     td = D - 4 * (D // 6)
@@ -103,14 +49,41 @@ def naive_rot(x, t):
 
 
 # -------------------------------------------------------------------------------------------- 1. invariants
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_policy_invariants_over_a_rollout(name):
+CHUNK_SIZES = (1, 3)
+
+
+def _valid(name: str, chunk: int) -> bool:
+    """Whether the entry is a valid setting for this chunk size (e.g. a V-sink needs sink <= chunk)."""
+    try:
+        build_policy(**POLICIES[name]).validate(chunk)
+        return True
+    except CachePolicyError:
+        return False
+
+
+INVARIANT_CASES = [(name, chunk) for name in POLICIES for chunk in CHUNK_SIZES if _valid(name, chunk)]
+
+
+def test_every_registered_mode_has_invariant_cases():
+    """A newly registered cache mode (outside the tests) must get entries in POLICIES, at both chunk sizes."""
+    import methods  # noqa: F401  (registers the methods' cache modes)
+    from pipeline.policies import POLICIES as REGISTRY
+    for mode, cls in REGISTRY.items():
+        if cls.__module__.split(".")[-1].startswith("test_"):
+            continue  # a policy defined by a test
+        for chunk in CHUNK_SIZES:
+            assert any(POLICIES[n]["mode"] == mode and c == chunk for n, c in INVARIANT_CASES), (mode, chunk)
+
+
+@pytest.mark.parametrize("name,chunk", INVARIANT_CASES)
+def test_policy_invariants_over_a_rollout(name, chunk):
     cfg = POLICIES[name]
+    B = chunk
     trace = []
     policy = build_policy(trace=trace.append, **cfg)
     S, L = policy.sink_size, policy.window_frames
-    pipe = Rollout(tiny_model(3), RolloutConfig(), policy)
-    T = 42  # 14 chunks: PC compresses at f = 21, 27, 33, 39
+    pipe = Rollout(tiny_model(3), RolloutConfig(num_frame_per_block=B), policy)
+    T = 42  # B = 3: 14 chunks, PC compresses at f = 21, 27, 33, 39
     noise = torch.randn(1, T, *LATENT, generator=torch.Generator().manual_seed(2))
 
     calls, snap, refs, sizes, raw = {}, {}, {}, {}, {}
@@ -191,7 +164,7 @@ def test_policy_invariants_over_a_rollout(name):
             frames += B
             expect_sizes.append((f, frames * F))
         assert sorted({f for f, _ in events_at}) == expect_events and kinds == {"compress"}
-        if L == 21:
+        if L == 21 and B == 3:
             assert expect_events == [21, 27, 33, 39]  # N -> N + B -> compress -> N
         for layer in range(2):
             assert sizes[layer] == expect_sizes
@@ -495,16 +468,6 @@ def test_build_policy_modes_and_describe():
     assert build_policy("deep_sink_pc", local_attn_size=-1, sink_size=10).window_frames == 21
     with pytest.raises(CachePolicyError, match="unknown"):
         build_policy("streaming")
-
-
-def test_select_mode_follows_upstream_flags():
-    assert select_mode(1, None) == "deep_sink"
-    assert select_mode(0, None) == "deep_sink_pc"
-    assert select_mode(0, "self_forcing") == "self_forcing"
-    assert select_mode(1, "deep_sink") == "deep_sink"
-    for bad in [(1, "deep_sink_pc"), (2, None), (0, "pc")]:
-        with pytest.raises(CachePolicyError):
-            select_mode(*bad)
 
 
 @pytest.mark.parametrize("kwargs,chunk,match", [

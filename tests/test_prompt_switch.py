@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from pipeline.rollout import RolloutInputs
+from pipeline.rollout import Rollout, RolloutInputs
 
 from pipeline.policies import build_policy
+from pipeline.recache import build_recache
 from tiny import text_embeds, tiny_model, tiny_pipeline
 
 LATENT = (16, 4, 6)
@@ -12,6 +13,11 @@ LATENT = (16, 4, 6)
 
 def _switcher(schedule):
     return lambda i, f: schedule.get(i)
+
+
+def _recaching(pipe, recache=True):
+    """``pipe`` rebuilt with the re-cache ``ours`` (True) or ``off`` (False)."""
+    return Rollout(pipe.model, pipe.config, pipe.policy, recache=build_recache("ours" if recache else "off"))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def test_recache_rewrites_retained_values_and_keep_mode_does_not(model, mode):
                           recent=4)
     a, b = text_embeds(1, model.config, seed=1), text_embeds(1, model.config, seed=2)
     for recache in (False, True):
-        pipe = tiny_pipeline(model, policy=policy)
+        pipe = _recaching(tiny_pipeline(model, policy=policy), recache)
         snaps = {}
 
         def switch(i, f):
@@ -72,7 +78,7 @@ def test_recache_rewrites_retained_values_and_keep_mode_does_not(model, mode):
         original_begin = pipe.kv.begin_chunk
         pipe.kv.begin_chunk = begin
         noise = torch.randn(1, 24, *LATENT, generator=torch.Generator().manual_seed(0))
-        list(pipe.frames(RolloutInputs(a, noise, torch.Generator().manual_seed(1), prompt_switch=switch, recache=recache)))
+        list(pipe.frames(RolloutInputs(a, noise, torch.Generator().manual_seed(1), prompt_switch=switch)))
         for layer, (before, after) in enumerate(zip(snaps["before"], snaps["after"])):
             assert before.shape == after.shape
             if recache and layer > 0:
@@ -89,7 +95,8 @@ def test_recache_without_switch_changes_nothing(model):
     pipe = tiny_pipeline(model, local_attn_size=9, sink_size=2)
     a = text_embeds(1, model.config, seed=1)
     plain = pipe.generate_seeded(a, 15, LATENT, seed=2)
-    assert torch.equal(plain, pipe.generate_seeded(a, 15, LATENT, seed=2, recache=True))
+    # a switch callback that never switches: the re-cache's store is kept (it exists only with a callback)
+    assert torch.equal(plain, _recaching(pipe).generate_seeded(a, 15, LATENT, seed=2, prompt_switch=_switcher({})))
 
 
 def test_recache_to_the_same_prompt_reproduces_frames_before_switch(model):
@@ -97,7 +104,7 @@ def test_recache_to_the_same_prompt_reproduces_frames_before_switch(model):
     # latents with the frames attending among themselves, not bit-identical), and never breaks the rollout.
     pipe = tiny_pipeline(model, local_attn_size=9, sink_size=2)
     a = text_embeds(1, model.config, seed=1)
-    out = pipe.generate_seeded(a, 15, LATENT, seed=2, prompt_switch=_switcher({2: a}), recache=True)
+    out = _recaching(pipe).generate_seeded(a, 15, LATENT, seed=2, prompt_switch=_switcher({2: a}))
     assert torch.isfinite(out).all()
 
 
@@ -130,7 +137,8 @@ def test_clean_latent_store_stays_bounded(model):
         sizes.append(len(self))
     CleanLatentStore.add = add
     try:
-        pipe.generate_seeded(a, 45, LATENT, seed=3, recache=True)
+        # the store exists only with a prompt switch callback (one that never switches here)
+        _recaching(pipe).generate_seeded(a, 45, LATENT, seed=3, prompt_switch=_switcher({}))
     finally:
         CleanLatentStore.add = orig_add
     assert max(sizes) <= 9 + 3  # the window plus the chunk just added, whatever the length

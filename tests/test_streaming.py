@@ -12,52 +12,15 @@ import pytest
 import torch
 
 import inference
-from pipeline.rollout import Rollout
-from app.runner import VideoRunner
-from app.runtime import DistEnv
-from app.settings import resolve_settings
 from app.switching import LivePrompts
 from media.video import Mp4Writer, to_uint8
 from mp4_probe import fragments, frame_count, probe
 from polling import wait_for
+from helpers import PROMPTS, SMALL, prompt_file, runner_for, settings_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SMALL = ("height=32", "width=32")                 # latent 4x4
 # A small cache so that eviction / compression happen within a few chunks: window 9, sink 3, PC budget 6.
 SMALL_CACHE = ("model_kwargs.local_attn_size=9", "model_kwargs.sink_size=3", "--Budget", "6", "--Recent", "3")
-PROMPTS = ("a paper boat drifts down a rain gutter", "a lighthouse in a winter storm", "a hummingbird at a flower")
-
-
-def settings_for(tiny_model_files, out: Path, *flags: str):
-    """RunSettings exactly as the CLI builds them from these flags (tiny model, CPU)."""
-    model_dir, checkpoint = tiny_model_files
-    args = inference.build_parser().parse_intermixed_args(
-        ["--wan_model_dir", str(model_dir), "--checkpoint_path", str(checkpoint), "--device", "cpu",
-         "--output_folder", str(out), *SMALL, *flags])
-    return resolve_settings(args, DistEnv())
-
-
-def prompt_file(tmp_path: Path, *prompts: str) -> Path:
-    """A prompt file with one prompt per line."""
-    path = tmp_path / "prompts.txt"
-    path.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(tiny_model_files, tmp_path_factory):
-    """(text encoder, DiT, VAE) of the tiny model, loaded once through VideoRunner.load."""
-    settings = settings_for(tiny_model_files, tmp_path_factory.mktemp("unused"), "--data_path",
-                            str(REPO_ROOT / "prompts" / "demo.txt"))
-    runner = VideoRunner.load(settings, progress=False)
-    return runner.text_encoder, runner.model, runner.vae
-
-
-def runner_for(models, settings) -> VideoRunner:
-    """A runner for ``settings`` around the already loaded models."""
-    text_encoder, model, vae = models
-    pipe = Rollout(model, settings.rollout, settings.policy)
-    return VideoRunner(settings, text_encoder, model, vae, pipe, progress=False)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Reproduce the released Infinite-Forcing V-sink rollout (window 6, sink 1, reference vector computed by its own code)
 with the ``infinite_forcing`` cache mode; skipped when the vectors folder is absent (DF_VECTORS_DIR overrides)."""
+import methods  # noqa: F401  (registers the infinite_forcing cache mode: methods/infinite_forcing.py)
 from pipeline.rollout import Rollout, RolloutConfig
 from pipeline.policies import build_policy
 from reference_vectors import load_vector, run_vector, vector_model

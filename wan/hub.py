@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from .loading import (CHECKPOINT_REPO_FILE, CHECKPOINT_REPO_ID, MODEL_FOLDER_FILES, TOKENIZER_DIR, WAN_REPO_ID,
-                      ModelFilesError, checkpoint_download_command, first_line, wan_download_command)
+                      ModelFilesError, check_model_files, checkpoint_download_command, first_line,
+                      is_default_checkpoint_layout, missing_checkpoint_error, missing_model_files, resolve_path,
+                      wan_download_command)
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +154,24 @@ def snapshot_files(repo_id: str, local_dir: Path, patterns: list[str],
     except _network_errors() as exc:
         raise fail(f"{type(exc).__name__}: {first_line(exc)}") from None
     return sorted(path for pattern in patterns for path in local_dir.rglob(pattern))
+
+
+def ensure_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike | None,
+                       download: bool = True) -> tuple[Path, Path | None]:
+    """Resolve both paths and, when files are missing and ``download`` is set, fetch them from the Hugging Face hub.
+
+    Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable this raises :class:`ModelFilesError` with the manual
+    ``hf download`` commands. Returns the resolved ``(model_dir, checkpoint_path)``.
+    """
+    folder = resolve_path(model_dir)
+    ckpt = resolve_path(checkpoint_path) if checkpoint_path is not None else None
+    if download:
+        ckpt_missing = ckpt is not None and not ckpt.is_file()
+        if ckpt_missing and not is_default_checkpoint_layout(ckpt):
+            raise missing_checkpoint_error(ckpt)  # only the released file can be fetched
+        if missing_model_files(folder):
+            download_wan_model(folder, checkpoint=ckpt if ckpt_missing else None)
+        if ckpt_missing:
+            download_checkpoint(ckpt)
+    check_model_files(folder, ckpt)
+    return folder, ckpt

@@ -182,29 +182,6 @@ def check_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.Pa
                                   f"and download it again with `{checkpoint_download_command(ckpt)}`.")
 
 
-def ensure_model_files(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike | None,
-                       download: bool = True) -> tuple[Path, Path | None]:
-    """Resolve both paths and, when files are missing and ``download`` is set, fetch them from the Hugging Face hub.
-
-    Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable this raises :class:`ModelFilesError` with the manual
-    ``hf download`` commands. Returns the resolved ``(model_dir, checkpoint_path)``.
-    """
-    folder = resolve_path(model_dir)
-    ckpt = resolve_path(checkpoint_path) if checkpoint_path is not None else None
-    if download:
-        from . import hub  # lazy: huggingface_hub is only needed when something is missing
-
-        ckpt_missing = ckpt is not None and not ckpt.is_file()
-        if ckpt_missing and not is_default_checkpoint_layout(ckpt):
-            raise missing_checkpoint_error(ckpt)  # only the released file can be fetched
-        if missing_model_files(folder):
-            hub.download_wan_model(folder, checkpoint=ckpt if ckpt_missing else None)
-        if ckpt_missing:
-            hub.download_checkpoint(ckpt)
-    check_model_files(folder, ckpt)
-    return folder, ckpt
-
-
 # --------------------------------------------------------------------------------------------------------------
 # reading files
 
@@ -389,13 +366,11 @@ def build_dit(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
 def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathLike, use_ema: bool = False,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   trust_checkpoint: bool = False, lora_path: str | os.PathLike | None = None,
-                   lora_alpha: float | None = None, lora_rank: int | None = None) -> CausalWanModel:
+                   trust_checkpoint: bool = False) -> CausalWanModel:
     """The Self Forcing generator: base Wan DiT, then the checkpoint's ``generator`` (or ``generator_ema``), strict.
 
     The checkpoint is loaded with ``weights_only=True``; ``trust_checkpoint`` (``--trust_checkpoint``) allows a
-    file holding other Python objects. With ``lora_path`` a LoRA file is merged last (``wan.lora.merge_lora``; scale
-    ``lora_alpha / r``, alpha None meaning alpha = r; ``lora_rank`` when given must equal the file's r). Returns an
+    file holding other Python objects (a LoRA is merged afterwards by ``wan.lora.merge_lora``). Returns an
     eval-mode :class:`CausalWanModel` in ``dtype`` on ``device`` with gradients off.
     """
     folder = resolve_path(model_dir)
@@ -419,7 +394,4 @@ def load_generator(model_dir: str | os.PathLike, checkpoint_path: str | os.PathL
                               f"checkpoint that matches {folder / CONFIG_FILE}.") from None
     model.eval().requires_grad_(False)
     logger.info("loaded %s ['%s'] over the base weights", ckpt, entry)
-    if lora_path is not None:  # a LoRA merged over the checkpoint (wan.lora)
-        from .lora import merge_lora
-        merge_lora(model, resolve_path(lora_path), lora_alpha, lora_rank)
     return model
