@@ -69,3 +69,8 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return work
+
+
+def pytest_configure(config):
+    """Register the markers the tests use."""
+    config.addinivalue_line("markers", "slow: takes tens of seconds on a small CPU (deselect with -m 'not slow')")
