@@ -7,6 +7,10 @@ grow without bound and moving a position is a write to ``t_pos``. On a chunk's f
 and the cache applies it and emits the one trace record. A FIFO eviction frees the evicted tokens' slots and the chunk
 is written into them (slot reuse, no copy of the kept tokens), so storage order is not chronological; attention does
 not depend on it. The contract and the trace format: docs/cache.md.
+
+Rolling windows (``pipeline.rolling``) use the same storage differently: the strategy announces each DiT call with a
+``WindowPlan`` (``begin_window``): the committed frames it attends, at which positions, and which of its own frames are
+written; the call's other tokens are attended by concatenation and never stored (docs/rolling.md).
 """
 from __future__ import annotations
 
@@ -60,6 +64,40 @@ class Rewrite:
     t_pos: torch.Tensor | None = None
     frame: torch.Tensor | None = None
     replace: bool = False
+
+
+@dataclass
+class WindowPlan:
+    """One DiT call of a rolling window (``pipeline.rolling``), decided by the strategy, applied by the cache.
+
+    The call attends the committed frames of ``attend`` (runs ``(first frame, frames, position)``, in that order;
+    ``position`` None: the frames' stored ``t_pos``, else their ``t_pos`` is rewritten to ``position``,
+    ``position + 1``, ... before the call reads them), then its own ``num_frames`` frames, which are *not* stored.
+    Only its first ``write`` frames are written into the cache: over the stored copy when a frame is already held,
+    else into the slots of the ``evict`` runs ``(first frame, frames)``, dropped first, else after the occupied slots.
+    ``extras`` are copied into the trace record (docs/rolling.md).
+    """
+
+    start_frame: int
+    num_frames: int
+    attend: tuple = ()
+    write: int = 0
+    evict: tuple = ()
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Window:
+    """A ``WindowPlan`` resolved to slots (host decisions done once per call, shared by every layer)."""
+
+    plan: WindowPlan
+    context: torch.Tensor | None        # int64 [m]: slots attended, in order (None: nothing)
+    place: torch.Tensor | None          # int64 [p]: slots whose t_pos is rewritten
+    place_pos: torch.Tensor | None      # int64 [p]: their new t_pos
+    write: torch.Tensor | None          # int64 [write * F]: slots of the written frames' tokens
+    n: int                              # occupied tokens after the write
+    written: list
+    evicted: list
 
 
 class LayerKVCache:
@@ -144,6 +182,19 @@ class LayerKVCache:
         for aux in self.aux.values():
             self.write_staged(aux, 0)
 
+    def put(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, n: int) -> None:
+        """Write tokens k/v [batch, m, H, D] at positions ``pos`` [m] into ``slots`` [m] now (no staging: a rolling
+        window's clean pass); every per-token field is reset; ``n`` occupied tokens after the write."""
+        if self.staged or self.holes is not None:
+            raise RuntimeError("put() writes committed slots; a chunk is staged or an eviction is pending")
+        self.k[:, slots] = k
+        self.v[:, slots] = v
+        self.t_pos[:, slots] = pos
+        self.frame[:, slots] = pos
+        for aux in self.aux.values():
+            aux[:, slots] = 0
+        self.n = n
+
     def commit(self) -> None:
         """Make the staged chunk part of the committed context."""
         self.n += self.staged
@@ -207,6 +258,8 @@ class KVCache:
         self.chunk: ChunkInfo | None = None
         self.base = 0
         self._first_call = [False] * num_layers
+        self.window: _Window | None = None       # the rolling-window call in progress (``begin_window``)
+        self.frame_slots: dict[int, int] = {}    # rolling windows: first slot of every held frame (host side)
 
     def reset(self) -> None:
         """Start a new video: empty every layer and reset the policy's per-video state."""
@@ -215,12 +268,76 @@ class KVCache:
         self.policy.reset(len(self.layers))
         self.chunk = None
         self.base = 0
+        self.window = None
+        self.frame_slots = {}
 
     def begin_chunk(self, start_frame: int, num_frames: int) -> None:
         """Announce a new chunk; the next call of each layer is its first call (where cache events happen)."""
         self.chunk = ChunkInfo(start_frame, num_frames, self.tokens_per_frame)
         self.base = start_frame if self.rebase else 0
         self._first_call = [True] * len(self.layers)
+        self.window = None
+
+    def begin_window(self, plan: WindowPlan) -> None:
+        """Announce one call of a rolling window: every layer's next ``update`` applies ``plan`` (``WindowPlan``).
+
+        Resolves the plan's frames to slots once, on the host (the cache's own map of held frames), so the layers only
+        gather, rotate and write. Raises RuntimeError when the plan names a frame that is not held, evicts a frame it
+        attends, frees more slots than it writes new frames, or overflows the capacity.
+        """
+        F, dev = self.tokens_per_frame, self.layers[0].k.device
+        self.chunk = ChunkInfo(plan.start_frame, plan.num_frames, F)
+        self.base = plan.start_frame if self.rebase else 0
+        self._first_call = [False] * len(self.layers)
+        tok = torch.arange(F)
+
+        slots = dict(self.frame_slots)  # updated, then kept only when the whole plan is valid
+
+        def held(frame: int) -> int:
+            if frame not in slots:
+                raise RuntimeError(f"rolling window at frame {plan.start_frame}: frame {frame} is not in the cache "
+                                   f"(held: {sorted(slots)})")
+            return slots[frame]
+
+        ctx, place, place_pos, attended = [], [], [], set()
+        for first, count, position in plan.attend:
+            starts = torch.tensor([held(first + j) for j in range(count)], dtype=torch.long)
+            attended.update(range(first, first + count))
+            ctx.append((starts[:, None] + tok).flatten())
+            if position is not None:
+                place.append(ctx[-1])
+                place_pos.append(torch.arange(position, position + count).repeat_interleave(F))
+        freed, evicted = [], []
+        for first, count in plan.evict:
+            for fr in range(first, first + count):
+                if fr in attended:
+                    raise RuntimeError(f"rolling window at frame {plan.start_frame} attends frame {fr} it evicts")
+                freed.append(held(fr))
+                evicted.append(fr)
+                del slots[fr]
+        n = self.layers[0].n
+        writes, written = [], []
+        for fr in range(plan.start_frame, plan.start_frame + plan.write):
+            slot = slots.get(fr)
+            if slot is None:
+                if freed:
+                    slot = freed.pop(0)
+                else:
+                    slot, n = n, n + F
+                    if n > self.layers[0].capacity:
+                        raise RuntimeError(f"KV cache overflow: {n} tokens > capacity {self.layers[0].capacity}; "
+                                           f"the rolling window did not evict before writing frame {fr}")
+                slots[fr] = slot
+            writes.append(slot + tok)
+            written.append(fr)
+        if freed:
+            raise RuntimeError(f"rolling window at frame {plan.start_frame} evicts {len(evicted)} frames but writes "
+                               f"only {len(written)} new ones: the freed slots would stay empty")
+
+        def cat(parts):
+            return torch.cat(parts).to(dev) if parts else None
+        self.frame_slots = slots
+        self.window = _Window(plan, cat(ctx), cat(place), cat(place_pos), cat(writes), n, written, evicted)
 
     def rotated_keys(self, layer: int, end: int | None = None) -> torch.Tensor:
         """Keys of ``layer`` (first ``end`` slots, default all occupied) with the time rotation -> [batch, end, H, D]."""
@@ -236,6 +353,8 @@ class KVCache:
         ``rotation`` their time rotation relative to ``base`` (the model builds it once per call for all layers).
         Returns (time-rotated keys, values) [batch, n+m, H, D].
         """
+        if self.window is not None:
+            return self.window_update(layer, q, k, v, pos, rotation)
         cache = self.layers[layer]
         self.policy.observe_queries(self, layer, q, pos)
         if self._first_call[layer]:
@@ -250,6 +369,45 @@ class KVCache:
         buf = self.rotated[layer]
         cache.write_staged(buf, rotation.apply(k))
         return buf[:, :cache.extent], values
+
+    def window_update(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                      rotation) -> tuple[torch.Tensor, torch.Tensor]:
+        """``update`` during a rolling-window call: [planned context | the call's own tokens], nothing staged.
+
+        Rewrites the planned ``t_pos``, gathers the context (keys time-rotated at ``t_pos - base``), appends the
+        call's own keys and values, then writes the call's first ``write`` frames. -> keys, values [batch, m + L, H, D].
+        """
+        cache, w = self.layers[layer], self.window
+        self.policy.observe_queries(self, layer, q, pos)
+        if w.place is not None:
+            cache.t_pos[:, w.place] = w.place_pos
+        own_keys = rotation.apply(k)
+        if w.context is None:
+            keys, values = own_keys, v
+        else:
+            ctx_k = cache.k.index_select(1, w.context)
+            ctx_pos = cache.t_pos.index_select(1, w.context)
+            keys = torch.cat([self.rotate_time(ctx_k, ctx_pos - self.base), own_keys], dim=1)
+            values = torch.cat([cache.v.index_select(1, w.context), v], dim=1)
+        trace = self.policy.trace
+        if trace is not None:
+            F = self.tokens_per_frame
+            ctx = w.context[::F] if w.context is not None else w.context
+            frames = [] if ctx is None else [cache.frame[:, ctx], cache.t_pos[:, ctx]]
+            own = pos[::F].expand(cache.k.shape[0], -1)
+            attended = (torch.cat([frames[0], own], 1), torch.cat([frames[1], own], 1)) if frames else (own, own)
+        if w.write is not None:
+            m = w.write.shape[0]
+            cache.put(w.write, k[:, :m], v[:, :m], pos[:m], w.n)
+        if trace is not None:
+            order = cache.order()[::F]
+            trace({"event": "window", "layer": layer, "start_frame": w.plan.start_frame,
+                   "num_frames": w.plan.num_frames, "tokens_per_frame": F,
+                   "frames": _host(attended[0]), "t_pos": _host(attended[1]),
+                   "written": list(w.written), "evicted": list(w.evicted),
+                   "held_frames": _host(cache.frame[:, order]), "held_t_pos": _host(cache.t_pos[:, order]),
+                   **w.plan.extras})
+        return keys, values
 
     def chunk_events(self, layer: int) -> None:
         """Ask the policy for ``layer``'s plan at this chunk start and apply it (nothing when it returns None)."""

@@ -24,6 +24,8 @@ class LoopStrategy:
     """Base strategy: the interface (``run``) and the checks and sizes the driver asks of every strategy."""
 
     name = "base"
+    # Whether the driver should give the cache its rotated-key buffer (``KVCache(rotated_key_buffer=...)``).
+    uses_rotated_key_buffer = True
 
     def __init_subclass__(cls, **kwargs):
         """Register a subclass under its own ``name``."""
@@ -34,6 +36,12 @@ class LoopStrategy:
     def validate(self, config: "RolloutConfig", policy) -> None:
         """Check the rollout config and the cache policy against this strategy (ValueError / CachePolicyError)."""
         policy.validate(config.num_frame_per_block)
+
+    def check_rollout(self, rollout) -> None:
+        """Check the driver's other components (e.g. its re-cache variant) against this strategy."""
+
+    def check_inputs(self, config: "RolloutConfig", inputs) -> None:
+        """Check one video's ``RolloutInputs`` (e.g. an image prefix) before the session opens."""
 
     def check_length(self, config: "RolloutConfig", num_frames: int | None) -> None:
         """Check a video length in latent frames (None: endless)."""
@@ -110,3 +118,6 @@ def build_loop(name: str, **params) -> LoopStrategy:
     except KeyError:
         raise ValueError(f"loop strategy {name!r} is unknown; use one of {', '.join(LOOPS)}") from None
     return cls(**params)
+
+
+from . import rolling  # noqa: E402,F401  (registers the "rolling" strategy; it imports this module's base class)

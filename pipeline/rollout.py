@@ -166,6 +166,7 @@ class Rollout:
         first = config.denoising_step_list_first_chunk
         self.first_chunk_timesteps = self.timesteps if first is None else self._warped(first)  # float32 [steps]
         self.loop.validate(config, policy)
+        self.loop.check_rollout(self)
         self.kv: KVCache | None = None
 
     def _warped(self, steps: list) -> torch.Tensor:
@@ -195,7 +196,8 @@ class Rollout:
             self.kv = None  # free the old one first
             kv = KVCache(cfg.num_layers, batch, capacity, cfg.num_heads, cfg.head_dim, self.model.dtype,
                          self.model.device, self.policy, tokens_per_frame, self.model.rope.rotate_time,
-                         rebase=self.rebase, rotated_key_buffer=self.rotated_key_buffer)
+                         rebase=self.rebase,
+                         rotated_key_buffer=self.rotated_key_buffer and self.loop.uses_rotated_key_buffer)
             self.kv = kv
         kv.reset()
         return kv
@@ -205,6 +207,7 @@ class Rollout:
         noise = as_noise(inputs.noise)
         batch, T, (_, H, W) = noise.batch, noise.num_frames, noise.latent_shape
         self.loop.check_length(self.config, T)
+        self.loop.check_inputs(self.config, inputs)
         if inputs.prompt_embeds.shape[0] != batch:
             raise ValueError(f"prompt_embeds batch {inputs.prompt_embeds.shape[0]} != noise batch {batch}")
         if inputs.image_latent is not None:

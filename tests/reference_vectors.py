@@ -37,7 +37,7 @@ def vector_model(d: dict, name: str) -> CausalWanModel:
 
 def run_vector(pipe, d: dict) -> float:
     """Run ``pipe`` on the vector's prompt and noise recipes; returns the max abs difference to its latents."""
-    assert torch.allclose(pipe.timesteps, d["warped_timesteps"])
+    assert torch.allclose(pipe.timesteps, torch.as_tensor(d["warped_timesteps"], dtype=torch.float32))
     noise = torch.randn(d["noise"]["shape"], generator=torch.Generator().manual_seed(d["noise"]["seed"]),
                         dtype=torch.float32)
     assert sha256(noise) == d["noise"]["sha256"]
