@@ -101,6 +101,14 @@ def check_param_types(mode: str, params: dict, loaded: LoadedConfig) -> None:
                            f"{'true or false' if want is bool else 'a whole number'} (mode {mode}).")
 
 
+def check_recache(loaded: LoadedConfig, loop, recache) -> None:
+    """The re-cache variant must suit the loop strategy."""
+    try:
+        loop.check_recache(recache)
+    except ValueError as exc:
+        raise CLIError(f"{loaded.origin('recache')}: {exc}.") from None
+
+
 def video_length(loaded: LoadedConfig, clock: ChunkClock, loop, endless: bool) -> int | None:
     """Latent frames T from num_output_frames or seconds (None: endless), checked against the loop strategy."""
     cfg = loaded.cfg
@@ -124,7 +132,7 @@ def video_length(loaded: LoadedConfig, clock: ChunkClock, loop, endless: bool) -
                        f"chunk size num_frame_per_block={B}; latent frames are generated {B} at a time. Use "
                        f"{' or '.join(map(str, options))} ({frames} video frames).")
     try:
-        loop.check_length(RolloutConfig(num_frame_per_block=B), T)
+        loop.check_length(cfg.rollout, T)
     except ValueError as exc:
         raise CLIError(f"{loaded.origin('num_output_frames')}: {exc}") from None
     return T
@@ -258,10 +266,21 @@ def load(args, flags: list, demo) -> LoadedConfig:
     return load_config(args.config_path, args.overrides, flags, demo, checkpoint=args.checkpoint_path)
 
 
-def build_strategy(loaded: LoadedConfig, name: str, rollout: RolloutConfig, policy: CachePolicy):
+def warn_other_sections(loaded: LoadedConfig, method) -> None:
+    """Keys of another method's section set on the command line are ignored: say so."""
+    from methods.base import METHODS
+    for name in METHODS:
+        keys = [k for k, label in loaded.origins.items() if k.startswith(name + ".") and name != method.name
+                and label.startswith(("override", "--"))]
+        if keys:
+            logger.warning("%s belong to method %s, not to %s; ignored", ", ".join(keys), name, method.name)
+
+
+def build_strategy(loaded: LoadedConfig, method, section, rollout: RolloutConfig, policy: CachePolicy):
     """The method's loop strategy, validated against the rollout and the policy."""
-    from pipeline.loops import build_loop
-    loop = build_loop(name)
+    warn_other_sections(loaded, method)
+    loop = method.build_loop(section, loaded.cfg.variant)
+    name = loop.name
     try:
         loop.validate(rollout, policy)
     except (ValueError, CachePolicyError) as exc:

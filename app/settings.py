@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from methods import Method, MethodContext, MethodRun, get_method
-from pipeline.loops import LoopStrategy, build_loop
+from pipeline.loops import LoopStrategy
 from pipeline.policies import CachePolicy
 from pipeline.recache import Recache
 from pipeline.rollout import RolloutConfig
@@ -133,8 +133,9 @@ class RunSettings:
                "width": cfg.width, "fps": cfg.fps, "mode": cfg.cache.mode, "cache": self.cache, "rollout": rollout,
                "checkpoint": self.checkpoint.name, "use_ema": cfg.use_ema, "dtype": dtype_name(self.dtype),
                "device_type": self.device.type}
-        if self.method.loop != "chunk":
-            out["loop"] = self.method.loop
+        if self.loop.name != "chunk":
+            out["loop"] = self.loop.name
+            out.update({"loop_params": self.loop.describe()} if self.loop.describe() else {})
         if self.noise_order != "upstream":
             out["noise_order"] = self.noise_order
         if self.schedule is not None:
@@ -166,9 +167,11 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     section = getattr(cfg, method.name, None)
     rollout = cfg.rollout
     policy = checks.build_cache_policy(loaded, rollout.num_frame_per_block)
-    loop = checks.build_strategy(loaded, method.loop, rollout, policy)
+    loop = checks.build_strategy(loaded, method, section, rollout, policy)
     spatial, temporal = (int(load_vae_config()[k]) for k in ("scale_factor_spatial", "scale_factor_temporal"))
     clock = ChunkClock(rollout.num_frame_per_block, temporal, cfg.fps)
+    recache = method.build_recache(cfg.recache, section)
+    checks.check_recache(loaded, loop, recache)
     num_frames = checks.video_length(loaded, clock, loop, args.endless)
     device = resolve_device(args.device, args.demo, dist)
     dtype = resolve_dtype(args.dtype, device)
@@ -187,6 +190,5 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     options = dict(overwrite=args.overwrite, demo=args.demo, noise_order=noise_order, seconds=cfg.seconds,
                    save_latents=bool(args.save_latents), interactive=bool(args.interactive),
                    trust_checkpoint=bool(args.trust_checkpoint), compile=bool(args.compile))
-    return RunSettings(cfg, args.config_path, method, method_run, policy, rollout, loop,
-                       method.build_recache(cfg.recache, section), num_frames, model_dir, checkpoint, download, device,
+    return RunSettings(cfg, args.config_path, method, method_run, policy, rollout, loop, recache, num_frames, model_dir, checkpoint, download, device,
                        dtype, jobs, dist, args.seed, spatial, temporal, options, schedule, image)

@@ -178,6 +178,11 @@ class Method:
         """The prompt source the config names for this method (None: the project default)."""
         return None
 
+    def build_loop(self, section, variant: str | None):
+        """The loop strategy of ``variant`` (``loop`` by name)."""
+        from pipeline.loops import build_loop
+        return build_loop(self.loop)
+
     def build_recache(self, choice: str | None, section):
         """The re-cache at prompt switches: ``choice`` (``--recache``) or the method's own."""
         from pipeline.recache import build_recache

@@ -10,8 +10,11 @@ checkpoint path) runs a file as released without hand-typed keys:
 | framewise | framewise/causal_forcing.pt | generator_ema | 1 | 1000, 750, 500, 250 (also image-to-video) |
 | framewise-2step | causal-forcing++/framewise-2step.pt | generator_ema | 1 | 1000, 500 (1000, 750, 500, 250) |
 | framewise-1step | causal-forcing++/framewise-1step.pt | generator_ema | 1 | 1000 (1000, 750, 500, 250) |
+| longvideo | chunkwise/longvideo.pt | generator_ema | 3 | 1000, 750, 500, 250 in Rolling Forcing's rolling loop |
 
 The cache is Self Forcing's as released (FIFO window of 21 frames, no sink); ``--mode`` puts Deep Sink / PC on top.
+``longvideo`` is a Rolling Forcing model (Causal Forcing's ``long_video/``): the rolling loop of
+``methods/rolling_forcing.py`` with a window of 4 blocks and its own cache.
 Files land under ``checkpoints/causal_forcing/`` (``hf download zhuhz22/Causal-Forcing FILE --local-dir
 checkpoints/causal_forcing``).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import CheckpointFile, Method
+from .rolling_forcing import build_rolling_loop, rolling_defaults
 
 REPO_ID = "zhuhz22/Causal-Forcing"
 LOCAL_DIR = "checkpoints/causal_forcing"
@@ -35,6 +39,7 @@ class Variant:
     denoising_step_list: tuple[int, ...]
     denoising_step_list_first_chunk: tuple[int, ...] | None = None
     i2v: bool = False
+    rolling: bool = False  # Rolling Forcing's loop (methods/rolling_forcing.py)
 
 
 def _file(filename: str, entry: str) -> CheckpointFile:
@@ -48,6 +53,7 @@ VARIANTS = {
                                FOUR_STEPS),
     "framewise-1step": Variant(_file("causal-forcing++/framewise-1step.pt", "generator_ema"), 1, (1000,),
                                FOUR_STEPS),
+    "longvideo": Variant(_file("chunkwise/longvideo.pt", "generator_ema"), 3, FOUR_STEPS, rolling=True),
 }
 
 
@@ -62,10 +68,18 @@ class CausalForcing(Method):
     def defaults(self, variant: str | None) -> dict:
         """The variant's chunk size, step lists and weights entry, with Self Forcing's released cache."""
         v = VARIANTS[variant or self.default_variant]
+        if v.rolling:
+            return rolling_defaults(FOUR_STEPS, use_ema=True)
         first = None if v.denoising_step_list_first_chunk is None else list(v.denoising_step_list_first_chunk)
         return {"mode": "self_forcing", "model_kwargs": {"sink_size": 0}, "use_ema": v.file.use_ema,
                 "num_frame_per_block": v.num_frame_per_block, "denoising_step_list": list(v.denoising_step_list),
                 "denoising_step_list_first_chunk": first}
+
+    def build_loop(self, section, variant: str | None):
+        """The chunk loop, or the rolling loop (as released) for ``longvideo``."""
+        if VARIANTS[variant or self.default_variant].rolling:
+            return build_rolling_loop(None)
+        return super().build_loop(section, variant)
 
     def claims(self, values: dict) -> bool:
         """A YAML with a first-chunk step list is a Causal Forcing++ one."""

@@ -7,6 +7,7 @@ itself (``LOOPS``); a method picks its strategy by name (``build_loop``).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -33,12 +34,16 @@ class LoopStrategy:
         if "name" in cls.__dict__:
             LOOPS[cls.name] = cls
 
+    def describe(self) -> dict:
+        """The strategy's parameters (its dataclass fields), for sidecars."""
+        return dataclasses.asdict(self)
+
     def validate(self, config: "RolloutConfig", policy) -> None:
         """Check the rollout config and the cache policy against this strategy (ValueError / CachePolicyError)."""
         policy.validate(config.num_frame_per_block)
 
-    def check_rollout(self, rollout) -> None:
-        """Check the driver's other components (e.g. its re-cache variant) against this strategy."""
+    def check_recache(self, recache) -> None:
+        """Check the driver's re-cache variant against this strategy (ValueError)."""
 
     def check_inputs(self, config: "RolloutConfig", inputs) -> None:
         """Check one video's ``RolloutInputs`` (e.g. an image prefix) before the session opens."""

@@ -129,10 +129,10 @@ class RollingLoop(LoopStrategy):
             raise ValueError(f"buffer_frames={self.buffer_frames} cannot hold the sink ({S} frames) and one block "
                              f"({B} frames); use buffer_frames >= {S + B}")
 
-    def check_rollout(self, rollout) -> None:
+    def check_recache(self, recache) -> None:
         """No re-cache: a prompt switch only changes the prompt of the windows that follow."""
-        if rollout.recache.name != "off":
-            raise ValueError(f"re-cache variant {rollout.recache.name!r} is not supported by the rolling window; "
+        if recache.name != "off":
+            raise ValueError(f"re-cache variant {recache.name!r} is not supported by the rolling window; "
                              f"use 'off' (prompt switches then apply to the following windows as they are)")
 
     def check_inputs(self, config: "RolloutConfig", inputs) -> None:

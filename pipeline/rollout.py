@@ -166,7 +166,7 @@ class Rollout:
         first = config.denoising_step_list_first_chunk
         self.first_chunk_timesteps = self.timesteps if first is None else self._warped(first)  # float32 [steps]
         self.loop.validate(config, policy)
-        self.loop.check_rollout(self)
+        self.loop.check_recache(self.recache)
         self.kv: KVCache | None = None
 
     def _warped(self, steps: list) -> torch.Tensor:

@@ -521,3 +521,40 @@ def test_window_plan_errors():
     with pytest.raises(RuntimeError, match="overflow"):
         kv.begin_window(WindowPlan(3, 4, write=4))
     assert math.isfinite(float(kv.layers[0].k.sum()))
+
+
+@pytest.mark.slow
+def test_released_vector_through_the_checkpoint_loader_and_the_cli_config(tmp_path):
+    """The vector again, with every setting taken where a user's run takes it: the shipped YAML selects the method
+    (rollout, cache policy, rolling loop as the CLI builds them), and the weights come from a checkpoint file in the
+    released layout (``generator_ema`` with FSDP's ``_fsdp_wrapped_module.`` infix) through the strict loader."""
+    from app.checks import build_cache_policy, build_strategy
+    from app.cli_config import load_config
+    from app.demo_model import write_config, write_dit_weights
+    from methods import get_method
+    from utils.paths import CONFIGS_DIR
+    from wan.config import WanConfig
+    from wan.loading import load_generator
+
+    name = "rolling_forcing_18f_seed5.pt"
+    d = load_vector(name)
+    loaded = load_config(CONFIGS_DIR / "rolling_forcing" / "rolling_forcing_dmd.yaml")
+    cfg = loaded.cfg
+    assert (cfg.method, cfg.use_ema, cfg.rollout.denoising_step_list) == ("rolling_forcing", True, [1000, 800, 600,
+                                                                                                    400, 200])
+    model_dir = tmp_path / "wan"
+    model_dir.mkdir()
+    arch = WanConfig.from_dict(d["model_config"])
+    write_config(model_dir, arch)
+    write_dit_weights(model_dir, arch)
+    ema = {k.replace("model.blocks.0.", "model.blocks.0._fsdp_wrapped_module.")
+            .replace("model.blocks.1.", "model.blocks.1._fsdp_wrapped_module."): v for k, v in d["state_dict"].items()}
+    ckpt = tmp_path / "checkpoints" / "rolling_forcing_dmd.pt"
+    ckpt.parent.mkdir()
+    torch.save({"generator_ema": ema, "generator": {}, "critic": {}}, ckpt)
+    model = load_generator(model_dir, ckpt, use_ema=cfg.use_ema)
+    method = get_method(cfg.method)
+    policy = build_cache_policy(loaded, cfg.rollout.num_frame_per_block)
+    loop = build_strategy(loaded, method, getattr(cfg, method.name), cfg.rollout, policy)
+    diff = run_vector(Rollout(model, cfg.rollout, policy, loop=loop), d)
+    assert diff < 1e-4, f"max abs difference {diff}"
