@@ -336,6 +336,11 @@ def resolve_model_files(args, loaded: LoadedConfig, method, section, method_run,
     if not args.demo and not args.checkpoint_path and checkpoint_path != DEFAULT_CHECKPOINT:
         method_run.fetch(download_allowed)
         fetched = method.fetch_checkpoint(checkpoint_path, cfg.variant, download_allowed)
+        command = method.download_command(checkpoint_path, cfg.variant)
+        if not fetched and command is not None:
+            raise CLIError(f"The {method.name} checkpoint {resolve_path(checkpoint_path)} is missing and no download "
+                           f"was tried (downloads are off: HF_HUB_OFFLINE=1, --no_download or --demo). Fetch it "
+                           f"with `{command}`, or pass --checkpoint_path.")
     model_dir, checkpoint, download = model_files(wan_model_dir, checkpoint_path, download_allowed, fetched)
     if not download:
         check_checkpoint_entry(checkpoint, cfg.use_ema, bool(args.trust_checkpoint))

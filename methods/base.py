@@ -167,12 +167,19 @@ class Method:
         if local.is_file() or ckpt is None or not download or not ckpt.matches(path):
             return local.is_file()
         from wan.hub import fail_download, fetch_file
-        local_dir = Path(str(local.absolute())[:-len(ckpt.filename)])
-        from wan.loading import quoted_path
-        manual = f"`hf download {ckpt.repo_id} {ckpt.filename} --local-dir {quoted_path(local_dir)}`"
-        fetch_file(ckpt.repo_id, ckpt.filename, local_dir,
+        manual = f"`{self.download_command(path, variant)}`"
+        fetch_file(ckpt.repo_id, ckpt.filename, Path(str(local.absolute())[:-len(ckpt.filename)]),
                    lambda reason: fail_download(f"the {self.name} checkpoint {local}", reason, manual))
         return local.is_file()
+
+    def download_command(self, path: str, variant: str | None) -> str | None:
+        """The ``hf download`` command that puts the released checkpoint of ``variant`` at ``path`` (None: none)."""
+        from wan.loading import quoted_path, resolve_path
+        ckpt = self.checkpoint(variant)
+        if ckpt is None or "*" in ckpt.filename or not ckpt.matches(path):
+            return None
+        local_dir = Path(str(resolve_path(path).absolute())[:-len(ckpt.filename)])
+        return f"hf download {ckpt.repo_id} {ckpt.filename} --local-dir {quoted_path(local_dir)}"
 
     def prompt_source(self, section) -> str | None:
         """The prompt source the config names for this method (None: the project default)."""

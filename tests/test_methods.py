@@ -171,3 +171,34 @@ def test_a_method_defined_in_a_test_runs_through_main(tmp_path, tiny_model_files
 def _flags(**values):
     from app.cli_config import Layer
     return [Layer(f"--{k} {v}", {k: v}) for k, v in values.items()]
+
+
+def test_a_missing_method_checkpoint_names_its_hub_command(tmp_path, tiny_model_files, monkeypatch, capsys):
+    """Offline, ``--method rolling_forcing`` without its file: one paragraph with the method's own hf command."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_dir, _ = tiny_model_files
+    rc = inference.main(["--method", "rolling_forcing", "--wan_model_dir", str(model_dir), "--device", "cpu",
+                         "height=32", "width=32", "--output_folder", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "hf download TencentARC/RollingForcing checkpoints/rolling_forcing_dmd.pt --local-dir ." in err[0]
+
+
+def test_method_checkpoint_download_fetches_the_released_file(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def fake(repo_id, filename, local_dir):
+        calls.append((repo_id, filename))
+        target = tmp_path / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+        return str(target)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    assert get_method("rolling_forcing").fetch_checkpoint("checkpoints/rolling_forcing_dmd.pt", "dmd", True)
+    assert calls == [("TencentARC/RollingForcing", "checkpoints/rolling_forcing_dmd.pt")]
