@@ -23,7 +23,7 @@ from wan.loading import (CONFIG_FILE, DEFAULT_CHECKPOINT, DEFAULT_WAN_MODEL_DIR,
                          generator_state_dict, load_torch_file, read_wan_config, resolve_path)
 from media.video import MACRO_BLOCK
 
-from .cli_config import CLIError, LoadedConfig, get
+from .cli_config import CLIError, LoadedConfig
 from .image_input import ImageInput
 from .runtime import DistEnv
 from .schedule import ChunkClock, latent_frames_for_seconds
@@ -101,12 +101,26 @@ def check_param_types(mode: str, params: dict, loaded: LoadedConfig) -> None:
                            f"{'true or false' if want is bool else 'a whole number'} (mode {mode}).")
 
 
-def check_recache(loaded: LoadedConfig, loop, recache) -> None:
-    """The re-cache variant must suit the loop strategy."""
+def check_recache(loaded: LoadedConfig, loop, recache):
+    """The re-cache variant, checked against the loop strategy; returns it."""
     try:
         loop.check_recache(recache)
     except ValueError as exc:
         raise CLIError(f"{loaded.origin('recache')}: {exc}.") from None
+    return recache
+
+
+def run_options(args, cfg, num_frames: int | None) -> dict:
+    """The run's flags that are not config keys (``RunSettings.options``)."""
+    return dict(overwrite=args.overwrite, demo=args.demo, seconds=cfg.seconds,
+                noise_order=args.noise_order or ("chunked" if num_frames is None else "upstream"),
+                save_latents=bool(args.save_latents), interactive=bool(args.interactive),
+                trust_checkpoint=bool(args.trust_checkpoint), compile=bool(args.compile))
+
+
+def model_folder(args) -> Path | None:
+    """The Wan folder the run reads its architecture from (None: --demo's tiny model)."""
+    return None if args.demo and not args.wan_model_dir else resolve_path(args.wan_model_dir or DEFAULT_WAN_MODEL_DIR)
 
 
 def video_length(loaded: LoadedConfig, clock: ChunkClock, loop, endless: bool) -> int | None:
@@ -186,7 +200,10 @@ def check_memory(loaded: LoadedConfig, T: int | None, latent_shape: tuple, dtype
 
 
 def check_output_folder(folder: Path) -> None:
-    """The output folder (or its nearest existing parent) must be a writable folder; nothing is created here."""
+    """The output folder (or its nearest existing parent) must be a writable folder (nothing is created here), and
+    the H.264 encoder must be there."""
+    from media.video import check_encoder
+    check_encoder()
     probe = folder.absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import logging
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipeline.rollout import RolloutConfig
 from utils.errors import CLIError
-from utils.paths import CONFIGS_DIR, REPO_ROOT
+from utils.paths import CONFIGS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ class Layer:
 class LoadedConfig:
     """The merged, checked config and where each key's value came from."""
 
-    cfg: RunConfig
+    cfg: Any                             # the merged RunConfig (run_config_class())
     origins: dict                        # dotted key -> label of the layer that set it (absent: the default)
     spelling: dict = field(default_factory=dict)  # dotted key -> the key as that layer wrote it (model_kwargs.x)
 
@@ -202,7 +201,7 @@ class LoadedConfig:
         return dataclasses.asdict(self.cfg)
 
 
-def get(cfg: RunConfig, key: str) -> Any:
+def get(cfg, key: str) -> Any:
     """The value of a dotted key (our spelling or the released one)."""
     node = cfg
     for part in key_table().get(key, key).split("."):

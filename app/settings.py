@@ -23,12 +23,10 @@ from pipeline.recache import Recache
 from pipeline.rollout import RolloutConfig
 from utils.frames import video_frames
 from utils.paths import PROMPTS_DIR
-from wan.loading import DEFAULT_WAN_MODEL_DIR, resolve_path
 from wan.vae import load_vae_config
-from media.video import check_encoder
 
 from . import checks
-from .cli_config import CLIError, Layer, LoadedConfig
+from .cli_config import Layer, LoadedConfig
 from .image_input import ImageInput
 from .prompts import PromptJob, load_prompt_jobs
 from .runtime import DistEnv, dtype_name, resolve_device, resolve_dtype
@@ -164,31 +162,25 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     checks.check_flags(args, dist)
     loaded = config_from_args(args)
     cfg, method = loaded.cfg, get_method(loaded.cfg.method)
-    section = getattr(cfg, method.name, None)
-    rollout = cfg.rollout
+    section, rollout = getattr(cfg, method.name, None), cfg.rollout
     policy = checks.build_cache_policy(loaded, rollout.num_frame_per_block)
     loop = checks.build_strategy(loaded, method, section, rollout, policy)
+    recache = checks.check_recache(loaded, loop, method.build_recache(cfg.recache, section))
     spatial, temporal = (int(load_vae_config()[k]) for k in ("scale_factor_spatial", "scale_factor_temporal"))
     clock = ChunkClock(rollout.num_frame_per_block, temporal, cfg.fps)
-    recache = method.build_recache(cfg.recache, section)
-    checks.check_recache(loaded, loop, recache)
     num_frames = checks.video_length(loaded, clock, loop, args.endless)
     device = resolve_device(args.device, args.demo, dist)
     dtype = resolve_dtype(args.dtype, device)
-    noise_order = args.noise_order or ("chunked" if num_frames is None else "upstream")
-    model_dir = None if args.demo and not args.wan_model_dir else resolve_path(args.wan_model_dir
-                                                                                or DEFAULT_WAN_MODEL_DIR)
-    checks.check_geometry(loaded, model_dir, spatial, num_frames, dtype, device, noise_order, args.save_latents)
+    options = checks.run_options(args, cfg, num_frames)
+    checks.check_geometry(loaded, checks.model_folder(args), spatial, num_frames, dtype, device,
+                          options["noise_order"], args.save_latents)
     data_path = args.data_path or method.prompt_source(section) or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
     method_run = method.resolve(MethodContext(cfg, loaded.origin, data_path, clock, num_frames, section))
     schedule = load_schedule(args.prompt_schedule, clock, num_frames) if args.prompt_schedule else None
     jobs = checks.prompt_jobs(args, loaded, method_run, schedule, data_path, num_frames, load_prompt_jobs)
     image = checks.image_input(loaded, args, rollout, num_frames)
     checks.check_output_folder(Path(cfg.output_folder))
-    check_encoder()
     model_dir, checkpoint, download = checks.resolve_model_files(args, loaded, method, section, method_run, stack)
-    options = dict(overwrite=args.overwrite, demo=args.demo, noise_order=noise_order, seconds=cfg.seconds,
-                   save_latents=bool(args.save_latents), interactive=bool(args.interactive),
-                   trust_checkpoint=bool(args.trust_checkpoint), compile=bool(args.compile))
-    return RunSettings(cfg, args.config_path, method, method_run, policy, rollout, loop, recache, num_frames, model_dir, checkpoint, download, device,
-                       dtype, jobs, dist, args.seed, spatial, temporal, options, schedule, image)
+    return RunSettings(cfg, args.config_path, method, method_run, policy, rollout, loop, recache, num_frames,
+                       model_dir, checkpoint, download, device, dtype, jobs, dist, args.seed, spatial, temporal,
+                       options, schedule, image)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from app.cli_config import REPO_ROOT, TRAINING_KEYS, CLIError, RunConfig, load_config
+from app.cli_config import TRAINING_KEYS, CLIError, RunConfig, load_config
+from utils.paths import REPO_ROOT
 from app.outputs import (MAX_NAME_BYTES, OutputSlot, atomic_path, base_name, check_finished, file_record,
                            part_path,
                            plan_outputs, remove_parts, sanitize, write_json_atomic)
