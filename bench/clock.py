@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 
-import psutil
 import torch
 
 
@@ -62,6 +61,7 @@ class RssSampler:
     """Samples this process's resident set size in a background thread; ``peak`` is the largest sample."""
 
     def __init__(self, interval_s: float = 0.02):
+        import psutil  # only where host memory is sampled
         self.interval_s = interval_s
         self.proc = psutil.Process()
         self.peak = 0

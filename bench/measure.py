@@ -1,17 +1,12 @@
-"""Measure one rollout: per-chunk DiT and VAE time, cache events, memory; then summarise it."""
+"""Inputs of a benchmark rollout and ``bench.run``'s per-rollout figures, read through ``bench.timing.timed_blocks``."""
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
-from .clock import Clock, GpuMemory, RssSampler
 from .geometry import chunk_flops
-from pipeline.rollout import RolloutInputs
-
-from .modes import label_chunk
+from .timing import decode_step, stats, timed_blocks
 
 
 @dataclass
@@ -33,48 +28,39 @@ def noise_source(device: torch.device, seed: int):
     return lambda shape, dtype, dev: torch.randn(shape, generator=g, dtype=dtype, device=dev)
 
 
-def random_inputs(pipe, latent_shape, latent_frames: int, settings: RunSettings):
-    """Prompt embeddings [1, text_len, text_dim] and the initial noise of ``latent_frames`` frames.
+def random_inputs(model, latent_shape, latent_frames: int, seed: int = 0, low_memory: bool = False,
+                  text: torch.Tensor | None = None, prompt_switch=None):
+    """``RolloutInputs`` of one video: prompt embeddings [1, text_len, text_dim], initial noise, re-noise source.
 
-    The noise is one tensor [1, T, C, h, w] on the device (upstream's order, grows with T), or in low-memory mode a
-    ``LazyNoise`` drawn chunk by chunk (memory independent of the length).
+    The noise is one tensor [1, T, C, h, w] on the device (upstream's order, grows with T), or with ``low_memory`` a
+    ``LazyNoise`` drawn chunk by chunk (memory independent of the length). Same seed, same inputs.
     """
     from pipeline.noise import LazyNoise
-    model = pipe.model
+    from pipeline.rollout import RolloutInputs
     cfg, device = model.config, model.device
-    g = None if device.type == "meta" else torch.Generator(device=device).manual_seed(settings.seed)
-    text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, dtype=model.dtype, device=device)
-    if settings.low_memory:
-        source = noise_source(device, settings.seed + 1)
-        return text, LazyNoise(1, latent_shape, source, model.dtype, device, latent_frames)
-    gn = None if device.type == "meta" else torch.Generator(device=device).manual_seed(settings.seed + 1)
-    noise = torch.randn(1, latent_frames, *latent_shape, generator=gn, dtype=model.dtype, device=device)
-    return text, noise
+    meta = device.type == "meta"
+    g = None if meta else torch.Generator(device=device).manual_seed(seed)
+    if text is None:
+        text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, dtype=model.dtype, device=device)
+    if low_memory:
+        noise = LazyNoise(1, latent_shape, noise_source(device, seed + 1), model.dtype, device, latent_frames)
+    else:
+        gn = None if meta else torch.Generator(device=device).manual_seed(seed + 1)
+        noise = torch.randn(1, latent_frames, *latent_shape, generator=gn, dtype=model.dtype, device=device)
+    return RolloutInputs(text, noise, noise_source(device, seed + 2), prompt_switch=prompt_switch)
 
 
-def _decode(decoder, x0: torch.Tensor, settings: RunSettings, device: torch.device):
-    """Stream-decode a chunk's latents [1, B, C, h, w]; frames to host uint8 when asked (not on meta)."""
-    parts = [x0[:, j:j + 1] for j in range(x0.shape[1])] if settings.low_memory else [x0]
-    for part in parts:
-        frames = decoder.decode_chunk(part)  # [1, n, 3, H, W] in [-1, 1]
-        if settings.frames_to_host and device.type != "meta":
-            frames = ((frames.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
-    return frames
+def _decoder_post(vae, settings: RunSettings):
+    """The decode step of ``settings`` (None without a VAE or with ``decode`` off)."""
+    if vae is None or not settings.decode:
+        return None
+    return decode_step(vae.stream_decoder(), per_frame=settings.low_memory, to_host=settings.frames_to_host)
 
 
 def run_video(pipe, vae, latent_shape, latent_frames: int, settings: RunSettings) -> float:
-    """Generate (and decode) one video of ``latent_frames`` frames untimed per chunk; returns its wall seconds."""
-    device = pipe.model.device
-    clock = Clock(device)
-    text, noise = random_inputs(pipe, latent_shape, latent_frames, settings)
-    decoder = vae.stream_decoder() if (vae is not None and settings.decode) else None
-    clock.sync()
-    t0 = time.perf_counter()
-    for _, _, x0 in pipe.frames(RolloutInputs(text, noise, noise_source(device, settings.seed))):
-        if decoder is not None:
-            _decode(decoder, x0, settings, device)
-    clock.sync()
-    return time.perf_counter() - t0
+    """Generate (and decode) one video of ``latent_frames`` frames; returns its wall seconds."""
+    inputs = random_inputs(pipe.model, latent_shape, latent_frames, settings.seed, settings.low_memory)
+    return timed_blocks(pipe, inputs, post=_decoder_post(vae, settings)).wall_s
 
 
 def warm_up(pipe, vae, latent_shape, settings: RunSettings) -> dict:
@@ -88,62 +74,29 @@ def warm_up(pipe, vae, latent_shape, settings: RunSettings) -> dict:
 
 def measure_rollout(pipe, vae, latent_shape, latent_frames: int, settings: RunSettings,
                     mode: str) -> tuple[list[dict], dict]:
-    """(per-chunk records, {wall_s, rss_peak_bytes}) of one timed rollout of ``latent_frames`` frames.
+    """(per-chunk records, {wall_s, rss_peak_bytes}) of one timed rollout of ``latent_frames`` frames in ``mode``.
 
     One host sync at the end, plus the per-chunk frame copy to the host when ``frames_to_host``.
     """
-    device = pipe.model.device
-    clock, gpu = Clock(device), GpuMemory(device)
-    text, noise = random_inputs(pipe, latent_shape, latent_frames, settings)
-    decoder = vae.stream_decoder() if (vae is not None and settings.decode) else None
-    raw = []
-    with RssSampler() as rss:
-        clock.sync()
-        gpu.reset_peak()
-        wall0 = time.perf_counter()
-        it = pipe.frames(RolloutInputs(text, noise, noise_source(device, settings.seed)))
-        start = clock.mark()
-        while True:
-            before = pipe.kv.layers[0].n if raw else 0
-            gpu.reset_peak()
-            m0 = clock.mark()
-            try:
-                i, f, x0 = next(it)
-            except StopIteration:
-                break
-            m1 = clock.mark()
-            if decoder is not None:
-                _decode(decoder, x0, settings, device)
-            m2 = clock.mark()
-            raw.append((i, f, x0.shape[1], m0, m1, m2, before, pipe.kv.layers[0].n, gpu.allocated(), gpu.peak(),
-                        gpu.reserved_peak(), rss.current()))
-        clock.sync()
-        wall = time.perf_counter() - wall0
-    F = pipe.kv.tokens_per_frame
-    chunks = []
-    for i, f, B, m0, m1, m2, before, after, alloc, peak, reserved, rss_now in raw:
-        chunks.append({
-            "index": i, "start_frame": f, "kind": label_chunk(before, after, B * F, mode),
-            "context_frames": (after - B * F) // F,
-            "dit_s": clock.seconds(m0, m1), "vae_s": clock.seconds(m1, m2),
-            "gpu_allocated_bytes": alloc, "gpu_peak_bytes": peak, "gpu_reserved_peak_bytes": reserved,
-            "rss_bytes": rss_now,
-        })
-    first_event = next((c["index"] for c in chunks if c["kind"] != "normal"), len(chunks))
-    for c in chunks[:first_event]:
-        c["kind"] = "fill"  # the window is still filling: smaller context than in the steady state
-    chunks[0]["since_start_s"] = clock.seconds(start, raw[0][4])
-    chunks[0]["since_start_with_vae_s"] = clock.seconds(start, raw[0][5])
-    return chunks, {"wall_s": wall, "rss_peak_bytes": rss.peak}
+    inputs = random_inputs(pipe.model, latent_shape, latent_frames, settings.seed, settings.low_memory)
+    run = timed_blocks(pipe, inputs, post=_decoder_post(vae, settings), rss=True)
+    chunks = [{"index": b["index"], "start_frame": b["start_frame"], "kind": b["kind"],
+               "context_frames": b["context_frames"], "dit_s": b["dit_s"], "vae_s": b["post_s"],
+               "gpu_allocated_bytes": b["allocated_bytes"], "gpu_peak_bytes": b["peak_allocated_bytes"],
+               "gpu_reserved_peak_bytes": b["peak_reserved_bytes"], "rss_bytes": b["rss_bytes"]}
+              for b in run.blocks]
+    chunks[0]["since_start_s"] = run.first_block_s
+    chunks[0]["since_start_with_vae_s"] = run.first_block_with_post_s
+    return chunks, {"wall_s": run.wall_s, "rss_peak_bytes": run.rss_peak_bytes}
 
 
 def _stats(values: list[float]) -> dict | None:
     """count/mean/median/p90/max of seconds, or None when empty."""
-    if not values:
+    s = stats(values)
+    if s is None:
         return None
-    s = sorted(values)
-    return {"count": len(s), "mean_s": statistics.fmean(s), "median_s": statistics.median(s),
-            "p90_s": s[min(len(s) - 1, int(0.9 * len(s)))], "max_s": s[-1]}
+    return {"count": s["count"], "mean_s": s["mean_s"], "median_s": s["p50_s"], "p90_s": s["p90_s"],
+            "max_s": s["max_s"]}
 
 
 def summarise(chunks: list[dict], extra: dict, preset, latent_frames: int, calls_per_chunk: int) -> dict:
@@ -158,6 +111,10 @@ def summarise(chunks: list[dict], extra: dict, preset, latent_frames: int, calls
                for k in kinds}
     flops = sum(chunk_flops(preset.model, preset.tokens_per_frame, preset.chunk_frames, c["context_frames"],
                             calls_per_chunk)["total"] for c in chunks)
+    steady = [c for c in chunks if c["kind"] != "fill"]
+    steady_frames = len(steady) * preset.chunk_frames * preset.temporal_factor
+    steady_dit = sum(c["dit_s"] for c in steady)
+    steady_full = steady_dit + sum(c["vae_s"] for c in steady)
     return {
         "latent_frames": latent_frames, "output_frames": frames, "chunks": len(chunks),
         "first_chunk_latency_s": chunks[0]["since_start_s"],
@@ -166,6 +123,8 @@ def summarise(chunks: list[dict], extra: dict, preset, latent_frames: int, calls
         "dit_total_s": dit, "vae_total_s": vae, "wall_s": extra["wall_s"],
         "fps_dit_only": frames / dit if dit > 0 else None,
         "fps_with_vae": frames / (dit + vae) if dit + vae > 0 else None,
+        "fps_steady_dit_only": steady_frames / steady_dit if steady_dit > 0 else None,
+        "fps_steady_with_vae": steady_frames / steady_full if steady_full > 0 else None,
         "fps_wall": frames / extra["wall_s"] if extra["wall_s"] > 0 else None,
         "gpu_peak_bytes": max(c["gpu_peak_bytes"] for c in chunks),
         "gpu_reserved_peak_bytes": max(c["gpu_reserved_peak_bytes"] for c in chunks),

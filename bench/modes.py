@@ -1,7 +1,7 @@
-"""Cache policy per benchmark mode (any mode of the ``pipeline.policies`` registry) and chunk event labels."""
+"""Cache policy per benchmark mode (any mode of the ``pipeline.policies`` registry) and the name of its event."""
 from __future__ import annotations
 
-from pipeline.policies import ParticipativeCompression, build_policy, policy_class, registered_modes
+from pipeline.policies import ParticipativeCompression, build_policy, registered_modes
 
 from .presets import MODE_SETTINGS
 
@@ -17,14 +17,7 @@ def make_policy(mode: str):
     return policy, type(policy).__name__
 
 
-def event_kind(mode: str) -> str:
-    """Name of the cache event of ``mode``: ``compress`` for Participative Compression modes, ``evict`` otherwise."""
-    return "compress" if issubclass(policy_class(mode), ParticipativeCompression) else "evict"
-
-
-def label_chunk(tokens_before: int, tokens_after: int, chunk_tokens: int, mode: str) -> str:
-    """``normal`` when the chunk only appended its tokens, else the mode's event kind (host ints, no sync).
-
-    ``tokens_before``/``tokens_after``: committed tokens of a layer before the chunk and after its commit.
-    """
-    return "normal" if tokens_after == tokens_before + chunk_tokens else event_kind(mode)
+def event_kind_of(policy) -> str:
+    """The cache event of a policy: ``compress`` for Participative Compression, ``evict`` otherwise (bench labels:
+    a block whose committed tokens did not just grow by the chunk's is an event block)."""
+    return "compress" if isinstance(policy, ParticipativeCompression) else "evict"

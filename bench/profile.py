@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .measure import RunSettings, noise_source, random_inputs
-from .modes import available_modes, label_chunk, make_policy
+from .measure import random_inputs
+from .modes import available_modes, make_policy
 from .presets import build_random_model, get_preset
+from .timing import decode_step, timed_blocks
 
 logger = logging.getLogger("bench.profile")
 
@@ -128,44 +129,38 @@ class OpCounter(TorchDispatchMode):
 
 def profile(preset, mode: str, latent_frames: int, decode: bool = True) -> dict:
     """Per-chunk exclusive milliseconds per category (normal vs event chunks) and ATen ops per DiT call."""
-    from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
+    from pipeline.rollout import Rollout, RolloutConfig
 
     from .vae import BenchVAE
     model = build_random_model(preset)
     vae = BenchVAE(preset.vae, preset.torch_dtype, preset.device) if decode else None
-    settings = RunSettings(frames_to_host=False)
     timer = CategoryTimer()
-    per_kind: dict[str, list[dict]] = defaultdict(list)
+    per_block: list[dict] = []
+
+    @contextlib.contextmanager
+    def categories(n):
+        """Around one block: start the category totals afresh, keep them when the block is done."""
+        timer.take()
+        yield
+        per_block.append(timer.take())
+
     with instrumented(timer):
         pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
-        text, noise = random_inputs(pipe, preset.latent_shape, latent_frames, settings)
-        decoder = vae.stream_decoder() if vae else None
-        it = pipe.frames(RolloutInputs(text, noise, noise_source(model.device, 0)))
-        first = True
-        while True:
-            before = pipe.kv.layers[0].n if not first else 0
-            timer.take()
-            t0 = time.perf_counter()
-            try:
-                _, _, x0 = next(it)
-            except StopIteration:
-                break
-            if decoder is not None:
-                decoder.decode_chunk(x0)
-            total = time.perf_counter() - t0
-            parts = timer.take()
+        inputs = random_inputs(model, preset.latent_shape, latent_frames)
+        post = decode_step(vae.stream_decoder(), to_host=False) if vae else None
+        run = timed_blocks(pipe, inputs, post=post, around=categories)
+        per_kind: dict[str, list[dict]] = defaultdict(list)
+        for block, parts in list(zip(run.blocks, per_block))[1:]:  # the first also encodes the prompt and allocates
+            total = block["dit_s"] + block["post_s"]
             parts["other (modulation, embeddings, unpatchify, Python)"] = total - sum(parts.values())
-            kind = label_chunk(before, pipe.kv.layers[0].n, x0.shape[1] * pipe.kv.tokens_per_frame, mode)
-            if not first:  # the first chunk also encodes the prompt and allocates the cache
-                per_kind[kind].append(parts)
-            first = False
+            per_kind["normal" if block["kind"] == "fill" else block["kind"]].append(parts)
         counter = OpCounter(timer)
         B = pipe.config.num_frame_per_block
         t = pipe.timesteps[:1].to(model.device).expand(1, B)
-        text_kv = model.encode_text(text)
+        text_kv = model.encode_text(inputs.prompt_embeds)
         pipe.kv.begin_chunk(latent_frames, B)
         with torch.no_grad(), counter:
-            model(noise[:, :B].to(model.device), t, text_kv, pipe.kv, start_frame=latent_frames)
+            model(inputs.noise[:, :B].to(model.device), t, text_kv, pipe.kv, start_frame=latent_frames)
     layers = preset.model.num_layers
     out = {"mode": mode, "latent_frames": latent_frames, "aten_ops_per_dit_call": counter.count,
            "aten_ops_per_layer_call": counter.count / layers,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import platform
 import re
 import shlex
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .clock import Clock
+from .env import device_name, environment, slug
 from .geometry import cache_storage_bytes, kv_bytes_per_frame, param_count
 from .measure import RunSettings, measure_rollout, summarise, warm_up
 from .modes import available_modes, make_policy
@@ -73,46 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="output folder (default bench/results/<preset>-<device>-<timestamp>)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of the device the figures were taken on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "meta":
-        return "meta (no data, shapes only)"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    """Device, library versions and kernel availability."""
-    import diffusers
-    import transformers
-    from wan.attention import attention_backend, fa2_kernel, fa3_kernel, flash_attn_available
-    env = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-           "flash_attn": flash_attn_available(), "fa3_importable": fa3_kernel() is not None,
-           "fa2_importable": fa2_kernel() is not None,
-           "attention_backend": {str(dt).replace("torch.", ""): attention_backend(device, dt)
-                                 for dt in (torch.bfloat16, torch.float32)} if device.type != "meta" else None,
-           "python": platform.python_version(),
-           "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu_total_memory_bytes=props.total_memory, cudnn=torch.backends.cudnn.version(),
-                   capability=f"{props.major}.{props.minor}")
-        try:
-            import flash_attn
-            env["flash_attn_version"] = flash_attn.__version__
-        except ImportError:
-            pass
-    return env
 
 
 def compile_blocks(model, mode: str) -> int:
@@ -203,7 +163,7 @@ def run(args) -> Path:
         "geometry": geometry, "modes": modes_info, "runs": runs, "relative": _relative(runs), "reload": reload,
         "notes": _notes(preset, device, modes_info),
     }
-    out = args.out or RESULTS / f"{preset.name}-{_slug(device_name(device))}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or RESULTS / f"{preset.name}-{slug(device_name(device))}-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = write_all(results, Path(out))
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return Path(out)
@@ -275,11 +235,6 @@ def _notes(preset, device, modes_info) -> list[str]:
         notes.append(f"reduced layer count ({preset.model.num_layers}): not the 1.3B model's figures")
     notes.append("random weights; text encoder not run (prompt embeddings are random tensors)")
     return notes
-
-
-def _slug(text: str) -> str:
-    """Lower-case file-name-safe form of a device name."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
 def main(argv=None) -> int:

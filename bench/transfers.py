@@ -10,6 +10,7 @@ tensor read by a device kernel, e.g. ``copy_`` from the CPU or indexing a device
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -77,17 +78,21 @@ def count_transfers(fn, *args, **kwargs) -> tuple[object, TransferLog]:
 
 
 def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, where: bool = False) -> list[TransferLog]:
-    """Transfers made by each chunk of ``pipe.iter_chunks`` (the generator is advanced under the counter)."""
-    it = pipe.frames(RolloutInputs(text, noise, renoise))
+    """Transfers made by each block of ``pipe.frames`` (each block runs under its own counter)."""
+    from pipeline.rollout import RolloutInputs
+
+    from .timing import timed_blocks
     logs = []
-    while True:
+
+    @contextlib.contextmanager
+    def counted(n):
+        """Count the transfers of one block."""
         with CountTransfers(where) as mode:
-            try:
-                next(it)
-            except StopIteration:
-                break
+            yield
         logs.append(mode.log)
-    return logs
+
+    run = timed_blocks(pipe, RolloutInputs(text, noise, renoise), around=counted)
+    return logs[:len(run.blocks)]  # the last attempt found the video finished
 
 
 def decode_transfers(vae, latents: torch.Tensor, chunks: int) -> list[TransferLog]:
@@ -101,14 +106,15 @@ def decode_transfers(vae, latents: torch.Tensor, chunks: int) -> list[TransferLo
     return logs
 
 
-def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False) -> list[TransferLog]:
-    """Per-chunk transfers of the CPU preset's tiny model on the meta device in cache ``mode``."""
-    from pipeline.rollout import Rollout, RolloutConfig, RolloutInputs
+def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False,
+                           layers: int | None = None) -> list[TransferLog]:
+    """Per-chunk transfers of the CPU preset's tiny model (``layers``: fewer layers) on the meta device in ``mode``."""
+    from pipeline.rollout import Rollout, RolloutConfig
 
     from .measure import noise_source
     from .modes import make_policy
     from .presets import build_random_model, get_preset
-    preset = get_preset("cpu").with_overrides(device="meta")
+    preset = get_preset("cpu").with_overrides(device="meta", layers=layers)
     model = build_random_model(preset)
     pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
     cfg = model.config

@@ -13,8 +13,8 @@ class BenchVAE:
 
     impl = "wan.vae.WanVAE.stream_decoder (diffusers AutoencoderKLWan, random weights)"
 
-    def __init__(self, config: dict, dtype: torch.dtype, device: str | torch.device):
-        from diffusers import AutoencoderKLWan
+    def __init__(self, config: dict, dtype: torch.dtype, device: str | torch.device, channels_last: bool = False):
+        from diffusers import AutoencoderKLWan  # the one import of the benchmark that needs diffusers
 
         from wan.vae import WanVAE
         prev = torch.get_default_dtype()
@@ -25,7 +25,8 @@ class BenchVAE:
         finally:
             torch.set_default_dtype(prev)
         self.autoencoder = model.eval().requires_grad_(False)
-        self.vae = WanVAE(self.autoencoder, list(config["latents_mean"]), list(config["latents_std"]))
+        self.vae = WanVAE(self.autoencoder, list(config["latents_mean"]), list(config["latents_std"]),
+                          channels_last=channels_last)
 
     @property
     def weight_bytes(self) -> int:

@@ -334,7 +334,7 @@ def test_names_and_sidecars_never_fail_on_text(tmp_path, caplog):
 
 def test_a_key_frame_inside_a_chunk_does_not_split_its_fragment(tmp_path):
     """x264 may place a key frame of its own at a scene cut; the chunk is still written as one fragment."""
-    from bench.writer import scene
+    from scenes import scene
     cut = 255 - scene(20, 128, 128, seed=1)[:, ::-1]                        # another scene from frame 20 on
     cut[..., 0] = np.roll(cut[..., 0], 40, axis=1)
     frames = np.concatenate([scene(20, 128, 128, seed=0), cut])

@@ -121,3 +121,30 @@ def test_corrupt_file_error(tiny, tmp_path):
     path.write_bytes(path.read_bytes()[:10000])
     with pytest.raises(ModelFilesError, match="corrupt"):
         WanVAE.from_model_dir(folder)
+
+
+def _stream(vae, latents):
+    stream = vae.stream_decoder()
+    return torch.cat([stream.decode_chunk(latents[:, i:i + 3]) for i in range(0, latents.shape[1], 3)], dim=1)
+
+
+def test_channels_last_decoder_equals_the_default(tiny, vae):
+    latents = torch.randn(1, 4, 16, 4, 6, generator=torch.Generator().manual_seed(1))
+    reference = _stream(vae, latents)
+    fast = WanVAE.from_model_dir(tiny.model_dir, dtype=torch.float32, device="cpu", channels_last=True)
+    assert fast.channels_last and fast.model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(_stream(fast, latents), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_decoder_equals_the_default(tiny, vae):
+    """Dynamo capture with the eager backend (seconds on a CPU; bench.gpu's vae stage compiles with Inductor)."""
+    latents = torch.randn(1, 2, 16, 2, 2, generator=torch.Generator().manual_seed(2))  # first frame, then cached
+    reference = _stream(vae, latents)
+    torch._dynamo.reset()
+    compiled = WanVAE.from_model_dir(tiny.model_dir, dtype=torch.float32, device="cpu")
+    compiled.compile_decoder(backend="eager")
+    try:
+        assert compiled.compiled == {"backend": "eager", "mode": None} and compiled.decoder is not compiled.model.decoder
+        torch.testing.assert_close(_stream(compiled, latents), reference, rtol=1e-5, atol=1e-5)
+    finally:
+        torch._dynamo.reset()

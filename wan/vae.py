@@ -7,6 +7,10 @@ second); diffusers works on ``[B, C, T, H, W]``.
 Streaming decode drives diffusers' decoder one latent frame at a time with its causal-convolution cache kept
 between calls, exactly as ``AutoencoderKLWan._decode`` does inside one call; it relies on decoder internals of the
 pinned diffusers version (``WanDecoder3d.forward(x, feat_cache, feat_idx, first_chunk)``).
+
+Two opt-in decode speed-ups, each equal to the default within float rounding: ``channels_last=True`` stores the
+decoder's convolution weights and feeds its input channels-last (``torch.channels_last_3d``: the layout cuDNN's
+3D convolutions prefer), and ``compile_decoder()`` wraps the decoder in ``torch.compile``.
 """
 from __future__ import annotations
 
@@ -99,20 +103,56 @@ def build_vae(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype =
     return model.eval().requires_grad_(False)
 
 
-class WanVAE:
-    """Decode Wan latents ``[B, T, z_dim, h, w]`` to video ``[B, 4(T-1)+1, 3, 8h, 8w]`` in [-1, 1], and encode back."""
+def to_channels_last(module: torch.nn.Module) -> int:
+    """Store every 4D / 5D weight of ``module`` channels-last (``channels_last`` / ``channels_last_3d``) in place;
+    returns how many were converted (biases and norm scales keep their layout)."""
+    converted = 0
+    for sub in module.modules():
+        for p in list(sub.parameters(recurse=False)):
+            if p.dim() in (4, 5):
+                fmt = torch.channels_last_3d if p.dim() == 5 else torch.channels_last
+                p.data = p.data.contiguous(memory_format=fmt)
+                converted += 1
+    return converted
 
-    def __init__(self, model, latents_mean: list[float], latents_std: list[float]):
+
+class WanVAE:
+    """Decode Wan latents ``[B, T, z_dim, h, w]`` to video ``[B, 4(T-1)+1, 3, 8h, 8w]`` in [-1, 1], and encode back.
+
+    ``channels_last``: the decoder runs channels-last (see the module docstring); ``compile_decoder()``: compiled.
+    """
+
+    def __init__(self, model, latents_mean: list[float], latents_std: list[float], channels_last: bool = False):
         self.model = model
         self.latents_mean = torch.tensor(latents_mean, dtype=torch.float32)  # [z_dim]
         self.latents_std = torch.tensor(latents_std, dtype=torch.float32)    # [z_dim]
         self.z_dim = int(model.config.z_dim)
         self.spatial_factor = int(model.config.scale_factor_spatial)
         self.temporal_factor = int(model.config.scale_factor_temporal)
+        self.decoder = model.decoder  # what StreamDecoder calls: the module, or its compiled wrapper
+        self.compiled: dict | None = None
+        self.channels_last = False
+        if channels_last:
+            self.use_channels_last()
+
+    def use_channels_last(self) -> int:
+        """Switch the decoder (and the 1x1x1 post-quant conv before it) to channels-last; returns weights converted."""
+        converted = to_channels_last(self.model.decoder) + to_channels_last(self.model.post_quant_conv)
+        self.channels_last = True
+        return converted
+
+    def compile_decoder(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """Decode through ``torch.compile(decoder)`` (static shapes). The first chunks of the first video compile
+        (one graph per state of the decoder's causal cache: the first frame, the second, then steady); later calls
+        reuse the graphs. Frames equal the eager decoder's within float rounding."""
+        self.decoder = torch.compile(self.model.decoder, backend=backend, mode=mode, dynamic=False)
+        self.compiled = {"backend": backend, "mode": mode}
+        logger.info("torch.compile (%s, mode=%s) of the VAE decoder", backend, mode)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                       device: str | torch.device = "cpu", config_path: str | os.PathLike | None = None) -> "WanVAE":
+                       device: str | torch.device = "cpu", config_path: str | os.PathLike | None = None,
+                       channels_last: bool = False) -> "WanVAE":
         """Load ``Wan2.1_VAE.pth`` of a Wan model folder into ``AutoencoderKLWan`` (config from the repository)."""
         folder = resolve_path(model_dir)
         weights = folder / VAE_WEIGHTS_FILE
@@ -120,7 +160,7 @@ class WanVAE:
         config = load_vae_config(config_path)
         model = build_vae(state, config, dtype, device, source=str(weights))
         logger.info("loaded %s (AutoencoderKLWan base_dim=%d, %s on %s)", weights, model.config.base_dim, dtype, device)
-        return cls(model, config["latents_mean"], config["latents_std"])
+        return cls(model, config["latents_mean"], config["latents_std"], channels_last=channels_last)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -210,16 +250,19 @@ class StreamDecoder:
 
         The first call of a video yields ``4t-3`` frames, later calls ``4t``.
         """
-        model = self.vae.model
-        z = self.vae.denormalize(latents)  # [B, C, t, h, w]
+        vae = self.vae
+        z = vae.denormalize(latents)  # [B, C, t, h, w]
         frames = []
         for i in range(z.shape[2]):
             # post_quant_conv is 1x1x1: per frame it equals diffusers' whole-video call, and keeps every kernel
             # shape independent of how the latents are chunked.
-            x = model.post_quant_conv(z[:, :, i:i + 1])  # [B, C, 1, h, w]
+            x = z[:, :, i:i + 1]
+            if vae.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = vae.model.post_quant_conv(x)  # [B, C, 1, h, w]
             first = self.latent_frames == 0
-            frames.append(model.decoder(x, feat_cache=self._feat_cache, feat_idx=[0],
-                                        first_chunk=first))  # [B, 3, 1 or 4, H, W]
+            frames.append(vae.decoder(x, feat_cache=self._feat_cache, feat_idx=[0],
+                                      first_chunk=first))  # [B, 3, 1 or 4, H, W]
             self.latent_frames += 1
         video = torch.clamp(torch.cat(frames, dim=2), min=-1.0, max=1.0)  # [B, 3, n, H, W]
         return video.float().permute(0, 2, 1, 3, 4)
