@@ -11,7 +11,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 TEST_ONLY = {"pytest", "setuptools", "wheel"}  # the packaging test builds a wheel offline
-BENCH_ONLY = {"matplotlib", "imageio-ffmpeg"}
+BENCH_ONLY = {"matplotlib"}
 # What the code reads at run time, relative to the repository root (utils/paths.py finds it in both layouts).
 RESOURCE_GLOBS = ("configs/**/*.yaml", "configs/**/*.json", "prompts/*.txt", "prompts/examples_txt/*.txt")
 RESOURCE_DIR = "utils/_resources"  # where the wheel holds them
@@ -94,6 +94,7 @@ setup(
     cmdclass={"build_py": BuildPyWithResources},
     install_requires=install_requires(),
     # the tests also exercise the benchmark's plots, so "test" includes the bench extra
-    extras_require={"test": pinned(TEST_ONLY | BENCH_ONLY), "bench": pinned(BENCH_ONLY), "flash": ["flash-attn>=2.5"]},
+    extras_require={"test": pinned(TEST_ONLY | BENCH_ONLY), "bench": pinned(BENCH_ONLY), "flash": ["flash-attn>=2.5"],
+                    "fp8": ["torchao>=0.18"]},
     entry_points={"console_scripts": ["deep-forcing=app.cli:main"]},
 )

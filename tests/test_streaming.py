@@ -171,14 +171,14 @@ def test_schedule_with_two_switches(models, recorded, tmp_path, tiny_model_files
     runner = runner_for(models, settings)
     seen_k, recache_flags = [], []
     hook = runner.model.blocks[0].cross_attn.register_forward_pre_hook(lambda mod, args: seen_k.append(args[1][0]))
-    original = runner.pipeline.iter_chunks
+    original = runner.pipeline.frames
 
-    def iter_chunks(*args, **kwargs):
-        """Record the recache flag the runner passes."""
-        recache_flags.append(kwargs.get("recache"))
-        return original(*args, **kwargs)
+    def frames(inputs):
+        """Record the re-cache variant the rollout runs with."""
+        recache_flags.append(runner.pipeline.recache.name)
+        return original(inputs)
 
-    monkeypatch.setattr(runner.pipeline, "iter_chunks", iter_chunks)
+    monkeypatch.setattr(runner.pipeline, "frames", frames)
     try:
         assert inference.run(settings, runner=runner) == 0
     finally:
@@ -194,7 +194,7 @@ def test_schedule_with_two_switches(models, recorded, tmp_path, tiny_model_files
          "requested_start_s": 0.5, "schedule_line": 2, "prompt": PROMPTS[1]},
         {"chunk": 3, "latent_frame": 9, "video_frame": 33, "time_s": 2.0625, "source": "schedule",
          "requested_start_s": 1.5, "schedule_line": 3, "prompt": PROMPTS[2]}]
-    assert side["recache_on_switch"] is False and recache_flags == [False]
+    assert side["recache_on_switch"] is False and recache_flags == ["off"]
     # the cross-attention of every call sees the keys of the prompt active at its chunk
     calls = len(runner.pipeline.timesteps) + 1
     assert len(seen_k) == 5 * calls
@@ -222,12 +222,12 @@ def test_recache_flag_reaches_the_pipeline(models, tmp_path, tiny_model_files, m
                             "--num_output_frames", "6", "--recache_on_switch")
     runner = runner_for(models, settings)
     flags = []
-    original = runner.pipeline.iter_chunks
-    monkeypatch.setattr(runner.pipeline, "iter_chunks",
-                        lambda *a, **k: flags.append(k.get("recache")) or original(*a, **k))
+    original = runner.pipeline.frames
+    monkeypatch.setattr(runner.pipeline, "frames", lambda inputs: flags.append(runner.pipeline.recache.name)
+                        or original(inputs))
     assert inference.run(settings, runner=runner) == 0
     side = json.loads((tmp_path / "out" / "s-0.json").read_text())
-    assert flags == [True] and side["recache_on_switch"] is True and side["request"]["recache_on_switch"] is True
+    assert flags == ["ours"] and side["recache_on_switch"] is True and side["request"]["recache_on_switch"] is True
     assert [s["chunk"] for s in side["prompt_switches"]] == [1]
 
 
