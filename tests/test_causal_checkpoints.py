@@ -35,9 +35,10 @@ def test_released_files_and_their_entries():
         "framewise/causal_forcing.pt": ("generator_ema", 1, [1000, 750, 500, 250], None),
         "causal-forcing++/framewise-2step.pt": ("generator_ema", 1, [1000, 500], [1000, 750, 500, 250]),
         "causal-forcing++/framewise-1step.pt": ("generator_ema", 1, [1000], [1000, 750, 500, 250]),
+        "chunkwise/longvideo.pt": ("generator_ema", 3, [1000, 750, 500, 250], None),  # the rolling loop
     }
-    assert causal_forcing_checkpoint("checkpoints/causal_forcing/chunkwise/longvideo.pt") is None  # not supported
-    assert CausalForcing().variant_for({}, "checkpoints/causal_forcing/chunkwise/longvideo.pt") is None
+    assert VARIANTS["longvideo"].rolling and not any(v.rolling for k, v in VARIANTS.items() if k != "longvideo")
+    assert CausalForcing().variant_for({}, "checkpoints/causal_forcing/chunkwise/longvideo.pt") == "longvideo"
     assert causal_forcing_checkpoint("checkpoints/causal_forcing/framewise/causal_forcing.pt").use_ema
     assert not causal_forcing_checkpoint(Path("/x/chunkwise/causal_forcing.pt")).use_ema
     assert causal_forcing_checkpoint("checkpoints/self_forcing_dmd.pt") is None

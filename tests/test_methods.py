@@ -24,6 +24,8 @@ SHIPPED = {  # shipped YAML -> (method, variant)
     "longlive/longlive_inference_infinity.yaml": ("longlive", "infinite"),
     "longlive/longlive_interactive_inference.yaml": ("longlive", "normal"),
     "infinite_forcing/self_forcing_dmd_vsink1.yaml": ("infinite_forcing", "vsink1"),
+    "rolling_forcing/rolling_forcing_dmd.yaml": ("rolling_forcing", "dmd"),
+    "causal_forcing/rolling_forcing_dmd_longvideo.yaml": ("causal_forcing", "longvideo"),
     "self_forcing_dmd/self_forcing_dmd_sink10.yaml": ("deep_forcing", "dmd"),
 }
 
@@ -202,3 +204,14 @@ def test_method_checkpoint_download_fetches_the_released_file(tmp_path, monkeypa
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     assert get_method("rolling_forcing").fetch_checkpoint("checkpoints/rolling_forcing_dmd.pt", "dmd", True)
     assert calls == [("TencentARC/RollingForcing", "checkpoints/rolling_forcing_dmd.pt")]
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({"denoising_step_list": [1000, 800, 600, 400, 200]}, "rolling_forcing"),       # rolling_forcing_dmd.yaml
+    ({"denoising_step_list_first_chunk": [1000, 750, 500, 250]}, "causal_forcing"),  # CF++
+    ({"model_kwargs": {"local_attn_size": 6, "sink_size": 1}}, "infinite_forcing"),  # self_forcing_dmd_vsink1.yaml
+    ({"lora_ckpt": "x.pt"}, "longlive"),
+    ({"denoising_step_list": [1000, 750, 500, 250], "model_kwargs": {"sink_size": 10}}, "deep_forcing"),
+])
+def test_released_yaml_values_select_their_method(values, expected):
+    assert detect_method(values, None)[0] == expected
