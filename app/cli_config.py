@@ -28,7 +28,6 @@ from utils.paths import CONFIGS_DIR
 
 logger = logging.getLogger(__name__)
 
-NOISE_ORDERS = ("upstream", "chunked")   # pipeline.seeded_noise: all initial noise first, or chunk by chunk
 FPS_RANGE = (1.0, 240.0)                 # frame rates the mp4 writer is asked to support
 DEFAULT_SOURCE = "default"               # origin label of a schema default
 

@@ -142,7 +142,7 @@ class RunSettings:
             out["interactive"] = True
         if self.switches_possible:
             out["recache_on_switch"] = self.recache.name != "off"
-            if self.recache.name not in ("off", "ours"):
+            if self.recache.name not in ("off", "ours"):  # the first two variants keep the earlier request keys
                 out["recache"] = self.recache.name
         if self.image is not None:
             out.update(self.image.request())  # the image's SHA-256: a changed image renders the video again

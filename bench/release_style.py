@@ -37,6 +37,9 @@ from pipeline.policies import DeepSink, ParticipativeCompression, SelfForcingWin
 from wan.attention import attention
 
 
+RELEASED_ROPE_ROWS = 1024  # rows of the released code's RoPE table (its length limit), not a geometry value
+
+
 def _sinusoidal(dim: int, t: torch.Tensor) -> torch.Tensor:
     """Wan's 1D timestep embedding in float64: cat(cos, sin) of ``t * 10000^(-i/half)``. t [N] -> [N, dim]."""
     half = dim // 2
@@ -93,7 +96,7 @@ class ReleaseStyleRollout:
         d = cfg.head_dim
         self.rope_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
         self.theta = cfg.rope_theta
-        self.freqs = [_rope_table(1024, dim, self.theta).to(model.device) for dim in self.rope_dims]
+        self.freqs = [_rope_table(RELEASED_ROPE_ROWS, dim, self.theta).to(model.device) for dim in self.rope_dims]
         self.caches: list[ReleaseLayerCache] | None = None
         self.crossattn: list | None = None
         self.committed_tokens = 0  # host mirror of layer 0's local_end_index after a block (bench labels)
@@ -128,7 +131,7 @@ class ReleaseStyleRollout:
     def _call_freqs(self, start_frame: int, frames: int, gh: int, gw: int) -> torch.Tensor:
         """Complex128 [frames*gh*gw, 1, D/2]: every token's full 3D rotation at absolute positions."""
         ft, fh, fw = self.freqs
-        if start_frame + frames > ft.shape[0]:  # the released table has 1024 rows; grow it instead of failing
+        if start_frame + frames > ft.shape[0]:  # past the released table's rows: grow it instead of failing
             rows = 2 ** math.ceil(math.log2(start_frame + frames))
             self.freqs[0] = ft = _rope_table(rows, self.rope_dims[0], self.theta).to(ft.device)
         f = torch.cat([ft[start_frame:start_frame + frames].view(frames, 1, 1, -1).expand(frames, gh, gw, -1),
