@@ -4,6 +4,21 @@
 decoder and appended to each sample's mp4 right away (``app.streaming``), so memory does not grow with the length
 of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
 chunks (``app.switching``).
+
+Order of one block i on CUDA, with no device-wide synchronise anywhere in the loop: the rollout enqueues block i on
+the current stream and yields it; an event is recorded there (the block's end, and its rollout timing); the
+``ChunkDecoder`` queues decode, uint8 conversion and the copy into pinned host memory on its side stream behind that
+event; then block i-1, whose copy was queued one block earlier, is handed to the mp4 writers once its copy event
+has completed (an event wait; the writers encode on their thread pool); ``on_chunk`` and the progress bar follow;
+the prompt of block i+1 is prepared and the rollout enqueues it, so block i's decode and copy run on the GPU while
+block i+1 is denoised. Block 0 is handed over at once (its frames are the first on disk; ``first_chunk`` is the time
+to them: the one wait for a copy before the next block is queued), and the last block when the video ends. On the
+CPU everything runs in order and each block is handed over before the next is generated, as before.
+Timings: ``rollout`` and ``decode`` come from CUDA events (rollout: per block, on the rollout's stream, from before
+the rollout is asked for the block to after it yields it; decode: per output on the side stream), each pair read once
+its block's copy has completed, so reading them waits for nothing; on the CPU they are ``perf_counter`` intervals.
+``write`` (handing frames to the writer, waiting for the previous fragment) and ``first_chunk`` / ``total`` are
+host wall-clock seconds.
 """
 from __future__ import annotations
 
@@ -30,13 +45,15 @@ from wan.attention import attention_backend
 from wan.text_encoder import WanTextEncoder
 from wan.vae import WanVAE
 
-from .cli_config import REPO_ROOT, CLIError
+from utils.paths import REPO_ROOT
+
+from .cli_config import CLIError
 from .outputs import VIDEO_RECORD, OutputSlot, json_bytes, write_bytes_atomic
 from .progress import progress_bar
 from .prompts import PromptJob
 from .runtime import dtype_name
 from .settings import RunSettings
-from app.streaming import SampleOutput
+from app.streaming import ChunkDecoder, SampleOutput
 from .switching import LivePrompts, PromptSwitcher
 from media.video import CODEC, CONTAINER, DEFAULT_CRF, PIXEL_FORMAT, TUNE, encoder_threads, encoder_version
 from utils.frames import video_frames
@@ -72,6 +89,41 @@ def package_versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+class BlockClock:
+    """Rollout seconds per block: CUDA events on the current stream (read only when known complete), else perf_counter.
+
+    ``start(i)`` before the rollout is asked for block i, ``stop(i)`` once it yields it (returns the end event on
+    CUDA, for the decode to wait on); ``seconds(i)`` after block i's host copy has completed (then both events have).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.marks: dict[int, list] = {}
+
+    def _mark(self):
+        """A CUDA event recorded now on the current stream, or the host time."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self, i: int) -> None:
+        """Block ``i`` is asked for now."""
+        self.marks[i] = [self._mark()]
+
+    def stop(self, i: int):
+        """Block ``i`` was yielded; -> its end event (CUDA) or None."""
+        mark = self._mark()
+        self.marks[i].append(mark)
+        return mark if self.cuda else None
+
+    def seconds(self, i: int) -> float:
+        """Seconds of block ``i`` (forgotten afterwards)."""
+        begin, end = self.marks.pop(i)
+        return begin.elapsed_time(end) / 1000 if self.cuda else end - begin
 
 
 @dataclass
@@ -126,7 +178,7 @@ class VideoRunner:
         return cls(settings, text_encoder, model, vae, pipeline, progress=progress)
 
     def _sync(self) -> None:
-        """Wait for queued GPU work so timings are real."""
+        """Wait for queued GPU work so timings are real (once per video and at a prompt switch, never per block)."""
         if self.settings.device.type == "cuda":
             torch.cuda.synchronize(self.settings.device)
 
@@ -225,34 +277,41 @@ class VideoRunner:
         num_chunks = None if s.endless else s.num_output_frames // B
         latent_frames = 0
         outputs = self.outputs(slots)
+        clock = BlockClock(s.device)
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(progress_bar(s.num_video_frames, "frames", "frame", enabled=self.progress,
                                                    rate_unit="fps"))
             for out in outputs:
                 stack.enter_context(out)
+            decoder = ChunkDecoder(outputs, s.device)
+
+            def hand_over(keep: int) -> None:
+                """Write every block whose host copy is done (all but the newest ``keep``), then the hooks."""
+                nonlocal latent_frames
+                for chunk in decoder.ready(keep):
+                    t["rollout"] += clock.seconds(chunk.index)
+                    t["decode"] += chunk.decode_s
+                    dt_write, written = decoder.write(chunk)
+                    t["write"] += dt_write
+                    latent_frames = chunk.start_frame + chunk.num_latents
+                    if chunk.index == 0:
+                        t["first_chunk"] = time.perf_counter() - t0
+                    bar.update(s.clock.video_frame(chunk.index + 1) - s.clock.video_frame(chunk.index))
+                    if on_chunk is not None:
+                        on_chunk(chunk.index, chunk.start_frame, outputs, written)
+
             chunks = self.pipeline.frames(RolloutInputs(embeds, noise, source, prompt_switch=switcher,
                                                          image_latent=image))
             stack.callback(chunks.close)
-            tick = time.perf_counter()
+            clock.start(0)
             for i, f, x0 in chunks:  # x0 [num_samples, B, C, h, w]
-                self._sync()
-                t["rollout"] += time.perf_counter() - tick
-                written = []
-                for out in outputs:
-                    dt_decode, dt_write, frames = out.add_chunk(x0[out.sample:out.sample + 1])
-                    t["decode"] += dt_decode
-                    t["write"] += dt_write
-                    written.append(frames)
-                latent_frames = f + x0.shape[1]
-                if i == 0:
-                    t["first_chunk"] = time.perf_counter() - t0
-                bar.update(s.clock.video_frame(i + 1) - s.clock.video_frame(i))
-                if on_chunk is not None:
-                    on_chunk(i, f, outputs, written)
+                decoder.submit(i, f, x0, clock.stop(i))
+                hand_over(0 if i == 0 else decoder.in_flight)  # CUDA: one block late, while the next denoises
                 more = num_chunks is None or i + 1 < num_chunks
                 if not more or (switcher is not None and not switcher.prepare(i + 1)):
                     break
-                tick = time.perf_counter()
+                clock.start(i + 1)
+            hand_over(0)
             # finish every mp4 and encode its sidecar before any video gets its final name
             sidecars = []
             for out in outputs:

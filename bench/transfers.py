@@ -5,6 +5,10 @@ tensor read by a device kernel, e.g. ``copy_`` from the CPU or indexing a device
 ``_to_copy`` whose output device differs from its input's. Run the model on the ``meta`` device and a host read
 (``.item()``, ``bool(t)``, ``.tolist()``) fails outright, so both kinds of sync are caught on a machine without a GPU.
 
+With ``host_copies=True`` a copy from the meta device to the host (the one a runner makes of each block's finished
+frames) is counted and returns uninitialised host memory of the right shape instead of failing, so code that copies
+its results to the host can run on the meta device and every other transfer is still counted.
+
 ``python -m bench.transfers`` prints the count per chunk of a tiny model on the meta device for every mode.
 """
 from __future__ import annotations
@@ -37,21 +41,30 @@ class TransferLog:
             self.sites[site] += 1
 
 
+COPY_OPS = ("_to_copy", "copy", "copy_", "_copy_from", "_copy_from_and_resize")
+
+
 class CountTransfers(TorchDispatchMode):
     """Dispatch mode counting ops that move data between devices (see the module docstring)."""
 
-    def __init__(self, where: bool = False):
+    def __init__(self, where: bool = False, host_copies: bool = False):
         super().__init__()
         self.log = TransferLog()
         self.where = where
+        self.host_copies = host_copies
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         """Inspect the op's tensor arguments, run it, compare its output device for copies."""
         kwargs = kwargs or {}
         flat, _ = tree_flatten((args, kwargs))
         devices = {t.device for t in flat if isinstance(t, torch.Tensor)}
-        out = func(*args, **kwargs)
         name = str(func.overloadpacket.__name__)
+        if self.host_copies and name in COPY_OPS:
+            fake = _meta_to_host(name, args, kwargs)
+            if fake is not None:
+                self.log.add(name, _site() if self.where else None)
+                return fake
+        out = func(*args, **kwargs)
         moved = len(devices) > 1
         if not moved and devices and name in ("_to_copy", "copy", "_copy_from", "_copy_from_and_resize"):
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
@@ -59,6 +72,18 @@ class CountTransfers(TorchDispatchMode):
         if moved:
             self.log.add(name, _site() if self.where else None)
         return out
+
+
+def _meta_to_host(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """What a copy of a meta tensor to the host returns, without data (None: the op is no such copy)."""
+    if name == "copy_":   # dst.copy_(src): the destination, left as it is
+        dst, src = args[0], args[1]
+        return dst if dst.device.type == "cpu" and src.is_meta else None
+    if name == "_to_copy":  # src.to("cpu"): new uninitialised host memory
+        src, device = args[0], kwargs.get("device")
+        if src.is_meta and device is not None and torch.device(device).type == "cpu":
+            return torch.empty(src.shape, dtype=kwargs.get("dtype") or src.dtype, device="cpu")
+    return None
 
 
 def _site() -> str:

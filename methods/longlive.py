@@ -30,7 +30,7 @@ from typing import Any, Optional
 import torch
 
 from pipeline.kv_cache import SLOT, KVCache, Rewrite
-from pipeline.recache import CleanLatentStore, Recache, clean_pass_kv, frame_positions
+from pipeline.recache import CleanLatentStore, Recache, clean_pass_kv, frame_positions, holds_whole_frames
 from utils.errors import CLIError
 from wan.hub import fail_download, fetch_file
 from wan.loading import ModelFilesError, display_path, resolve_path
@@ -164,31 +164,41 @@ class LongLiveRecache(Recache):
         return WindowStore(policy.window_frames, policy.sink_size)
 
     def rewrites(self, model, kv: KVCache, text_kv: list, store: WindowStore, context_noise: float) -> list[Rewrite]:
-        """The pass over the last frames (sink frozen or not) as per-layer plans."""
+        """The pass over the last frames (sink frozen or not) as per-layer plans.
+
+        Host-side sizes only (frame range, token counts) with a FIFO cache; a policy that keeps single tokens makes
+        the frozen set's size data-dependent, one sync at the switch (``nonzero``).
+        """
         f, window, sink = store.next_frame, store.window, store.sink
         if f == 0 or not any(cache.n for cache in kv.layers):
             return []
         keep_sink = self.global_sink and f > window
         first = f - (window - sink) if keep_sink else f - min(window, f)
-        frames = list(range(first, f))
+        R = f - first
         device = kv.layers[0].k.device
-        wanted = torch.tensor(frames, device=device)
-        last = frame_positions(kv, wanted[-1:])[0]
-        positions = last - len(frames) + 1 + torch.arange(len(frames), device=device)  # [R]
+        wanted = torch.arange(first, f, device=device)  # [R], made on the device
+        last = frame_positions(kv, wanted[-1:])[0]  # a 0-d device tensor, never read on the host
+        positions = last - R + 1 + torch.arange(R, device=device)  # [R]
+        F = kv.tokens_per_frame
+        whole = holds_whole_frames(kv.policy)
         frozen = []
         for cache in kv.layers:
             n = cache.n
-            outside = ~torch.isin(cache.frame[0, :n], wanted) if keep_sink else torch.zeros(n, dtype=torch.bool,
-                                                                                              device=device)
-            idx = outside.nonzero().flatten()  # tokens that stay as they are (the sink), used as frozen keys
+            if not keep_sink:
+                idx = torch.zeros(0, dtype=torch.long, device=device)
+            elif whole:  # every wanted frame is held whole: the n - R*F others (the sink), in slot order
+                inside = torch.isin(cache.frame[0, :n], wanted)
+                idx = torch.sort(inside.to(torch.int8), stable=True).indices[:n - R * F]
+            else:
+                idx = (~torch.isin(cache.frame[0, :n], wanted)).nonzero().flatten()
+            # tokens that stay as they are (the sink), used as frozen keys
             frozen.append((cache.k[:, idx], cache.v[:, idx], cache.t_pos[:, idx]))
-        rec = clean_pass_kv(model, kv, text_kv, store.stack(frames), positions, context_noise, frozen)
-        F = kv.tokens_per_frame
+        rec = clean_pass_kv(model, kv, text_kv, store.stack(wanted), positions, context_noise, frozen)
         if not (keep_sink or f <= window):  # the pass replaces the whole cache (its first S frames become the sink)
             return [Rewrite(k, v, t_pos=positions.repeat_interleave(F), frame=wanted.repeat_interleave(F),
                             replace=True) for k, v in zip(rec.keys, rec.values)]
         rank = torch.full((f,), -1, dtype=torch.long, device=device)
-        rank[wanted] = torch.arange(len(frames), device=device)
+        rank[wanted] = torch.arange(R, device=device)
         out = []
         for cache, k_new, v_new in zip(kv.layers, rec.keys, rec.values):
             n = cache.n

@@ -9,6 +9,13 @@ a method may add its own (``methods/``).
 each frame at its current time position, attending among themselves; every cached token then takes the key/value of
 its (frame, token-in-frame) from that pass, in every layer. Which tokens are cached, and their positions, do not
 change.
+
+No host reads between switches: the store keeps its latents, which frame each slot holds and which slots are still
+needed on the device, and ``prune`` / ``add`` decide with device ops only, so a block without a switch makes no
+host<->device transfer (``tests/test_runner_transfers.py``). The store's size is a host-side bound derived from the
+policy and the cache size (``referenced_frames_bound``). At a switch the pass needs the number of referenced frames
+on the host: a policy that keeps whole frames (FIFO windows) gives it without a read (the tokens of layer 0 / F),
+any other (Participative Compression keeps single tokens) pays one sync there (``unique``).
 """
 from __future__ import annotations
 
@@ -17,16 +24,63 @@ from dataclasses import dataclass, fields
 import torch
 
 from .kv_cache import SLOT, KVCache, Rewrite
+from .policies import CachePolicy, DeepSink, SelfForcingWindow
 
 RECACHES: dict[str, type["Recache"]] = {}  # filled below: off, ours (a method may add its own)
 
 
+# Cache events that drop or keep frames only as a whole (every held frame keeps all its F tokens, in every layer and
+# sample alike): no event, and the FIFO windows (Self Forcing, Deep Sink and the modes built on them).
+WHOLE_FRAME_PLANS = (CachePolicy.plan, SelfForcingWindow.plan, DeepSink.plan)
+
+
+def holds_whole_frames(policy) -> bool:
+    """Whether ``policy``'s cache holds whole frames, the same ones in every layer and sample (its plan is FIFO)."""
+    return getattr(type(policy), "plan", None) in WHOLE_FRAME_PLANS
+
+
+def referenced_frames_bound(kv: KVCache) -> int:
+    """Most distinct frames ``kv`` can reference at once, from its policy and size (host-side, nothing read).
+
+    Whole frames: the capacity in frames. Participative Compression: those plus its candidate tokens (C), which may
+    each come from another frame. Any other policy: the capacity in tokens (every token from its own frame).
+    """
+    capacity, F = kv.layers[0].capacity, kv.tokens_per_frame
+    if holds_whole_frames(kv.policy):
+        return -(-capacity // F)
+    candidates = getattr(kv.policy, "candidate_tokens", None)
+    if candidates is not None:
+        return -(-capacity // F) + int(candidates(F))
+    return capacity
+
+
 def referenced_frames(kv: KVCache) -> torch.Tensor:
-    """Sorted source frames [R] that any layer (any sample) of the cache still holds tokens of (on the device)."""
+    """Sorted source frames [R] that any layer (any sample) of the cache still holds tokens of (on the device).
+
+    ``unique`` has a data-dependent size, so this reads the device (a sync); ``cached_frames`` avoids it where it can.
+    """
     found = [cache.frame[:, :cache.n].flatten() for cache in kv.layers if cache.n]
     if not found:
         return torch.zeros(0, dtype=torch.long, device=kv.layers[0].frame.device)
     return torch.cat(found).unique()
+
+
+def cached_frames(kv: KVCache) -> torch.Tensor | None:
+    """``referenced_frames`` (None: the cache is empty); with whole frames without a host read (layer 0 / F)."""
+    cache = kv.layers[0]
+    if not any(layer.n for layer in kv.layers):
+        return None
+    if holds_whole_frames(kv.policy):  # every frame held has its F tokens: sorted, every F-th is each frame once
+        return torch.sort(cache.frame[0, :cache.n]).values[::kv.tokens_per_frame]
+    return referenced_frames(kv)
+
+
+def _reference_tokens(kv: KVCache) -> torch.Tensor:
+    """Source frames of the committed tokens that say which frames are referenced (flat, on the device)."""
+    if holds_whole_frames(kv.policy):  # every layer and sample holds the same frames
+        cache = kv.layers[0]
+        return cache.frame[0, :cache.n]
+    return torch.cat([cache.frame[:, :cache.n].flatten() for cache in kv.layers])
 
 
 def frame_positions(kv: KVCache, frames: torch.Tensor) -> torch.Tensor:
@@ -44,35 +98,89 @@ def frame_positions(kv: KVCache, frames: torch.Tensor) -> torch.Tensor:
 
 
 class CleanLatentStore:
-    """Clean latents of the frames a KV cache still references (and of the last ``keep_last`` frames)."""
+    """Clean latents of the frames a KV cache still references (and of the last ``keep_last`` frames), on the device.
+
+    The latents sit in the slots of one buffer [B, K, C, H, W]; ``ids`` [K] says which frame each slot holds (-1:
+    none) and ``live`` [K] whether it is still needed, both on the device. ``prune(kv)`` marks the slots of frames no
+    layer references (and older than the last ``keep_last``) free; ``add`` writes a chunk into free slots. Neither
+    reads the device, so the blocks between prompt switches make no host sync. K is a host-side bound, grown as
+    frames arrive: the frames the cache can reference at once (``referenced_frames_bound``) plus ``keep_last`` plus
+    one chunk, so memory is bounded by the cache (the window for FIFO modes; for Participative Compression the window
+    plus its candidate tokens, each of which may keep another frame).
+    """
 
     def __init__(self, keep_last: int = 0):
-        self._frames: dict[int, torch.Tensor] = {}
         self.keep_last = keep_last
         self.next_frame = 0  # one past the newest frame added
+        self._latents: torch.Tensor | None = None  # [B, K, C, H, W]
+        self._ids: torch.Tensor | None = None      # int64 [K], -1: empty
+        self._live: torch.Tensor | None = None     # bool [K]
+        self._bound: int | None = None             # referenced_frames_bound of the cache, learnt by ``prune``
+        self._held = 0                             # host-side bound on the live slots
+
+    def _reserve(self, need: int, like: torch.Tensor) -> None:
+        """At least ``need`` slots for latents like x0 [B, n, C, H, W] (grown geometrically up to the bound)."""
+        size = 0 if self._ids is None else self._ids.shape[0]
+        if size >= need:
+            return
+        if self._bound is not None:  # never more than the bound (+ keep_last + one chunk) ever needs
+            need = max(need, min(2 * size, self._bound + self.keep_last + like.shape[1]))
+        latents = torch.empty((like.shape[0], need, *like.shape[2:]), dtype=like.dtype, device=like.device)
+        ids = torch.full((need,), -1, dtype=torch.long, device=like.device)
+        live = torch.zeros(need, dtype=torch.bool, device=like.device)
+        if size:
+            latents[:, :size] = self._latents
+            ids[:size] = self._ids
+            live[:size] = self._live
+        self._latents, self._ids, self._live = latents, ids, live
 
     def add(self, start_frame: int, x0: torch.Tensor) -> None:
-        """Remember the chunk's clean latents x0 [B, n, C, H, W] starting at ``start_frame``."""
-        for j in range(x0.shape[1]):
-            self._frames[start_frame + j] = x0[:, j]
-        self.next_frame = max(self.next_frame, start_frame + x0.shape[1])
+        """Remember the chunk's clean latents x0 [B, n, C, H, W] starting at ``start_frame`` (in free slots)."""
+        n = x0.shape[1]
+        self._reserve(self._held + n, x0)  # at most _held slots are live: n of the others are free
+        slots = torch.sort(self._live.to(torch.int8), stable=True).indices[:n]  # the first n free slots
+        self._latents.index_copy_(1, slots, x0.to(self._latents.dtype))
+        self._ids.index_copy_(0, slots, torch.arange(start_frame, start_frame + n, device=self._ids.device))
+        self._live.index_fill_(0, slots, True)
+        self._held += n
+        self.next_frame = max(self.next_frame, start_frame + n)
+
+    def prune(self, kv: KVCache) -> None:
+        """Free the slots of frames no layer references any more (memory bounded by the cache size); device ops only."""
+        if self._ids is None:
+            return
+        self._bound = referenced_frames_bound(kv)
+        referenced = torch.isin(self._ids, _reference_tokens(kv))
+        recent = self._ids >= max(self.next_frame - self.keep_last, 0)
+        self._live = (self._ids >= 0) & (referenced | recent)
+        self._held = min(self._held, self._bound + self.keep_last)
+
+    def slots(self, frames: torch.Tensor) -> torch.Tensor:
+        """Slot [R] of each frame of ``frames`` [R] (held frames only; on the device)."""
+        match = (self._ids[None, :] == frames[:, None]) & self._live[None, :]  # [R, K]
+        return match.to(torch.int8).argmax(1)
+
+    def stack(self, frames: "torch.Tensor | list[int]") -> torch.Tensor:
+        """Clean latents of ``frames`` ([R] on the device, or a list) -> [B, R, C, H, W]."""
+        if not isinstance(frames, torch.Tensor):
+            frames = torch.tensor(list(frames), dtype=torch.long).to(self._ids.device)
+        return self._latents.index_select(1, self.slots(frames.to(self._ids.device)))
 
     def get(self, frame: int) -> torch.Tensor:
         """Clean latent [B, C, H, W] of ``frame``."""
-        return self._frames[frame]
+        return self.stack([frame])[:, 0]
 
-    def stack(self, frames: list[int]) -> torch.Tensor:
-        """Clean latents of ``frames`` -> [B, R, C, H, W]."""
-        return torch.stack([self._frames[fr] for fr in frames], dim=1)
-
-    def prune(self, kv: KVCache) -> None:
-        """Drop frames no layer references any more (memory bounded by the cache size)."""
-        keep = set(referenced_frames(kv).tolist()) | set(range(self.next_frame - self.keep_last, self.next_frame))
-        for fr in [fr for fr in self._frames if fr not in keep]:
-            del self._frames[fr]
+    @property
+    def _frames(self) -> dict[int, torch.Tensor]:
+        """{frame: latent [B, C, H, W]} of every frame held, read on the host (for inspection and tests only)."""
+        if self._ids is None:
+            return {}
+        held = self._live.nonzero().flatten()
+        return {int(fr): self._latents[:, int(slot)] for fr, slot in zip(self._ids[held].tolist(), held.tolist())}
 
     def __len__(self) -> int:
-        return len(self._frames)
+        """Slots allocated: a host-side bound on the frames stored (which are still needed is known on the device)."""
+        return 0 if self._ids is None else self._ids.shape[0]
 
 
 class _Recorder:
@@ -154,13 +262,12 @@ class OursRecache(Recache):
     def rewrites(self, model, kv: KVCache, text_kv: list, store: CleanLatentStore,
                  context_noise: float) -> list[Rewrite]:
         """New k/v of every committed token, from one pass over the referenced frames."""
-        frames = referenced_frames(kv)
-        if frames.numel() == 0:
+        frames = cached_frames(kv)  # sorted [R]; with whole frames no host read
+        if frames is None:
             return []
-        frame_list = frames.tolist()
-        rec = clean_pass_kv(model, kv, text_kv, store.stack(frame_list), frame_positions(kv, frames), context_noise)
+        rec = clean_pass_kv(model, kv, text_kv, store.stack(frames), frame_positions(kv, frames), context_noise)
         F = kv.tokens_per_frame
-        rank = torch.full((frame_list[-1] + 1,), -1, dtype=torch.long, device=frames.device)
+        rank = torch.full((store.next_frame,), -1, dtype=torch.long, device=frames.device)  # frames < next
         rank[frames] = torch.arange(frames.shape[0], device=frames.device)
         out = []
         for cache, k_new, v_new in zip(kv.layers, rec.keys, rec.values):
