@@ -296,6 +296,9 @@ def warn_other_sections(loaded: LoadedConfig, method) -> None:
 def build_strategy(loaded: LoadedConfig, method, section, rollout: RolloutConfig, policy: CachePolicy):
     """The method's loop strategy, validated against the rollout and the policy."""
     warn_other_sections(loaded, method)
+    if method.conditioning != "text":
+        raise CLIError(f"method {method.name} is conditioned on {method.conditioning}; this runner encodes text "
+                       f"prompts only.")
     loop = method.build_loop(section, loaded.cfg.variant)
     name = loop.name
     try:
