@@ -175,7 +175,7 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     checks.check_geometry(loaded, checks.model_folder(args), spatial, num_frames, dtype, device,
                           options["noise_order"], args.save_latents)
     data_path = args.data_path or method.prompt_source(section) or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
-    method_run = method.resolve(MethodContext(cfg, loaded.origin, data_path, clock, num_frames, section))
+    method_run = method.resolve(MethodContext(cfg, loaded.origin, data_path, clock, num_frames, section, args.demo))
     schedule = load_schedule(args.prompt_schedule, clock, num_frames) if args.prompt_schedule else None
     jobs = checks.prompt_jobs(args, loaded, method_run, schedule, data_path, num_frames, load_prompt_jobs)
     image = checks.image_input(loaded, args, rollout, num_frames)

@@ -65,6 +65,7 @@ class MethodContext:
     clock: Any                                 # app.schedule.ChunkClock
     num_frames: int | None                     # latent frames (None: endless)
     section: Any = None                        # the method's own section (cfg.<name>), or None
+    demo: bool = False                         # --demo: a tiny random model instead of the method's files
 
 
 @dataclass

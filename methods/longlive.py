@@ -295,6 +295,9 @@ class LongLive(Method):
         sec, origin = ctx.section, ctx.origin
         lora = lora_settings(sec.lora_ckpt, sec.adapter,
                              origin("longlive.lora_ckpt" if sec.lora_ckpt is not None else "longlive.adapter"))
+        if ctx.demo and lora is not None and not resolve_path(lora.path).is_file():
+            logger.info("--demo: the LoRA %s is not merged (the demo's tiny random model has none)", lora.path)
+            lora = None
         prompts = None
         if sec.switch_frame_indices is not None:
             source = origin("longlive.switch_frame_indices")
