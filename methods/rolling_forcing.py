@@ -10,7 +10,9 @@ with 4 steps (``--method causal_forcing --variant longvideo``).
 
 Deep Sink on top (a documented extension, docs/rolling.md): ``rolling_forcing.sink_frames`` (whole blocks) replaces
 the one-block anchor by a larger sink placed right before the working cache; ``rolling_forcing.clean_pass_sees_anchor``
-keeps the sink visible to the clean pass (as released it drops out from block 7 on).
+keeps the sink visible to the clean pass (as released it drops out from block 7 on). Participative Compression on
+top (docs/rolling.md): ``rolling_forcing.pc_budget_frames`` (with ``recent_frames``, ``reuse_cap``, and a larger
+``buffer_frames`` / ``attention_cap_frames`` to leave room and history).
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ class RollingSection:
 
     sink_frames: Optional[int] = None        # None: the released 3-frame anchor; whole blocks: a Deep Sink
     clean_pass_sees_anchor: bool = False     # False as released (the clean pass loses the anchor from block 7 on)
+    pc_budget_frames: Optional[int] = None   # None: off; C: Participative Compression chooses C frames' worth of tokens
+    recent_frames: Optional[int] = None      # PC: frames of denoising-call queries scored (None: 4)
+    reuse_cap: Optional[int] = None          # PC: picks per token while others compete (None: 7; 0: no cap)
+    buffer_frames: Optional[int] = None      # KV storage per layer in frames (None: 24 as released)
+    attention_cap_frames: Optional[int] = None  # most frames a call attends (None: 21 as released)
 
 
 def rolling_defaults(steps: list, use_ema: bool) -> dict:
@@ -42,8 +49,11 @@ def build_rolling_loop(section: RollingSection | None):
     from pipeline.loops import build_loop
     if section is None:
         return build_loop("rolling")
+    optional = {name: getattr(section, name) for name in ("pc_budget_frames", "recent_frames", "reuse_cap",
+                                                           "buffer_frames", "attention_cap_frames")
+                if getattr(section, name) is not None}  # unset: the loop's own defaults (the released values)
     return build_loop("rolling", sink_frames=section.sink_frames,
-                      clean_pass_sees_anchor=bool(section.clean_pass_sees_anchor))
+                      clean_pass_sees_anchor=bool(section.clean_pass_sees_anchor), **optional)
 
 
 class RollingForcing(Method):

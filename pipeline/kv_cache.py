@@ -75,7 +75,9 @@ class WindowPlan:
     ``position + 1``, ... before the call reads them), then its own ``num_frames`` frames, which are *not* stored.
     Only its first ``write`` frames are written into the cache: over the stored copy when a frame is already held,
     else into the slots of the ``evict`` runs ``(first frame, frames)``, dropped first, else after the occupied slots.
-    ``extras`` are copied into the trace record (docs/rolling.md).
+    ``extras`` are copied into the trace record (docs/rolling.md). Participative Compression (off unless set):
+    ``remember`` > 0 appends the call's queries to each layer's memory of the last ``remember`` frames before the
+    call selects; ``select`` (``WindowSelect``) adds score-chosen tokens of held frames to the context.
     """
 
     start_frame: int
@@ -84,6 +86,30 @@ class WindowPlan:
     write: int = 0
     evict: tuple = ()
     extras: dict = field(default_factory=dict)
+    remember: int = 0                       # > 0: the call's queries join the memory of the last ``remember`` frames
+    select: "WindowSelect | None" = None    # token-level context chosen per layer by score (Participative Compression)
+
+
+@dataclass(frozen=True)
+class WindowSelect:
+    """Participative Compression on a rolling-window call (docs/rolling.md section 7): which held frames' tokens
+    compete, how many are taken, where they go.
+
+    In every layer the tokens of the ``candidates`` frames (ascending) are scored against the remembered queries
+    (``WindowPlan.remember``: sum over the remembered frames' queries and the heads of q . k, both time-rotated, the
+    key at its source frame), and ``select_top`` keeps the ``frames * F`` best (fewer when fewer compete) under
+    ``reuse_cap`` (pick counts per token, 0 = no cap). Chosen token i (chronological order) gets ``t_pos`` =
+    ``position + i // F`` and is attended right after the first ``after`` runs of ``WindowPlan.attend`` (the sink).
+    """
+
+    candidates: tuple
+    frames: int
+    position: int
+    after: int
+    reuse_cap: int = 7
+
+
+WINDOW_PICKS = "pc_picks"  # per-token field: how many rolling-window selections picked the token since it was written
 
 
 @dataclass
@@ -98,6 +124,8 @@ class _Window:
     n: int                              # occupied tokens after the write
     written: list
     evicted: list
+    candidates: torch.Tensor | None = None  # int64 [nc]: slots of the selection's candidate tokens, chronological
+    split: int = 0                      # context tokens before the chosen ones (the sink's)
 
 
 class LayerKVCache:
@@ -260,6 +288,7 @@ class KVCache:
         self._first_call = [False] * num_layers
         self.window: _Window | None = None       # the rolling-window call in progress (``begin_window``)
         self.frame_slots: dict[int, int] = {}    # rolling windows: first slot of every held frame (host side)
+        self.window_queries: list = [None] * num_layers  # rolling PC: per layer (q sums [batch, R, H, D], pos [R])
 
     def reset(self) -> None:
         """Start a new video: empty every layer and reset the policy's per-video state."""
@@ -270,6 +299,7 @@ class KVCache:
         self.base = 0
         self.window = None
         self.frame_slots = {}
+        self.window_queries = [None] * len(self.layers)
 
     def begin_chunk(self, start_frame: int, num_frames: int) -> None:
         """Announce a new chunk; the next call of each layer is its first call (where cache events happen)."""
@@ -334,10 +364,61 @@ class KVCache:
             raise RuntimeError(f"rolling window at frame {plan.start_frame} evicts {len(evicted)} frames but writes "
                                f"only {len(written)} new ones: the freed slots would stay empty")
 
+        cand, split = None, 0
+        if plan.select is not None:
+            sel = plan.select
+            for fr in sel.candidates:
+                if fr in attended or fr in evicted:
+                    raise RuntimeError(f"rolling window at frame {plan.start_frame}: candidate frame {fr} is also "
+                                       f"attended or evicted")
+            if sel.candidates:
+                cand = torch.cat([held(fr) + tok for fr in sel.candidates]).to(dev)
+            split = sum(run[1] for run in plan.attend[:sel.after]) * F
+
         def cat(parts):
             return torch.cat(parts).to(dev) if parts else None
         self.frame_slots = slots
-        self.window = _Window(plan, cat(ctx), cat(place), cat(place_pos), cat(writes), n, written, evicted)
+        self.window = _Window(plan, cat(ctx), cat(place), cat(place_pos), cat(writes), n, written, evicted, cand,
+                              split)
+
+    def remember_queries(self, layer: int, q: torch.Tensor, pos: torch.Tensor, frames: int) -> None:
+        """Rolling PC: append the call's per-frame query sums (q [batch, m, H, D], pos [m]) to ``layer``'s memory and
+        keep its last ``frames`` frames (Participative Compression's ``observe_queries``)."""
+        F = self.tokens_per_frame
+        q_sum = q.unflatten(1, (q.shape[1] // F, F)).sum(dim=2, dtype=torch.float32)  # [batch, m/F, H, D]
+        q_pos = pos[::F]
+        mem = self.window_queries[layer]
+        if mem is not None:
+            q_sum, q_pos = torch.cat([mem[0], q_sum], 1), torch.cat([mem[1], q_pos])
+        self.window_queries[layer] = (q_sum[:, -frames:], q_pos[-frames:])
+
+    def window_scores(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
+        """Rolling PC: scores [batch, n] (float32) of the tokens at ``slots`` [n]: sum over the remembered queries and
+        the heads of q . k, time-rotated (queries at their frames, keys at their source frames, relative to base)."""
+        cache, mem = self.layers[layer], self.window_queries[layer]
+        if mem is None:
+            return torch.zeros(cache.k.shape[0], slots.shape[0], device=cache.k.device)
+        q = self.rotate_time(mem[0], mem[1] - self.base).sum(dim=1)  # [batch, H, D]
+        keys = self.rotate_time(cache.k[:, slots], cache.frame[:, slots] - self.base)  # [batch, n, H, D]
+        return torch.einsum("bnhd,bhd->bn", keys.float(), q)
+
+    def window_select(self, layer: int) -> tuple:
+        """Rolling PC: choose ``layer``'s tokens for the call in progress, count the picks, rewrite their ``t_pos``.
+
+        -> (chosen slots [batch, c], chosen indices into the candidates [batch, c], scores [batch, nc], new picks)."""
+        from .policies import select_top  # policies imports this module
+        cache, w = self.layers[layer], self.window
+        sel, cand, F = w.plan.select, w.candidates, self.tokens_per_frame
+        scores = self.window_scores(layer, cand)
+        picks_field = cache.aux_field(WINDOW_PICKS)
+        picks = picks_field[:, cand]  # [batch, nc]
+        chosen = select_top(scores, picks, sel.frames * F, sel.reuse_cap)  # [batch, c], ascending
+        slots = cand[chosen]
+        new_picks = torch.gather(picks, 1, chosen) + 1
+        picks_field.scatter_(1, slots, new_picks)
+        pos = sel.position + torch.arange(chosen.shape[1], device=slots.device) // F
+        cache.t_pos.scatter_(1, slots, pos.expand_as(slots))
+        return slots, chosen, scores, new_picks
 
     def rotated_keys(self, layer: int, end: int | None = None) -> torch.Tensor:
         """Keys of ``layer`` (first ``end`` slots, default all occupied) with the time rotation -> [batch, end, H, D]."""
@@ -379,10 +460,22 @@ class KVCache:
         """
         cache, w = self.layers[layer], self.window
         self.policy.observe_queries(self, layer, q, pos)
+        if w.plan.remember:
+            self.remember_queries(layer, q, pos, w.plan.remember)
         if w.place is not None:
             cache.t_pos[:, w.place] = w.place_pos
         own_keys = rotation.apply(k)
-        if w.context is None:
+        chosen = None
+        if w.candidates is not None:  # Participative Compression: [head runs | chosen tokens | other runs]
+            chosen = self.window_select(layer)
+            batch = cache.k.shape[0]
+            idx = chosen[0] if w.context is None else torch.cat(
+                [w.context[:w.split].expand(batch, -1), chosen[0], w.context[w.split:].expand(batch, -1)], 1)
+            gk = idx[:, :, None, None].expand(-1, -1, *cache.k.shape[2:])
+            ctx_pos = torch.gather(cache.t_pos, 1, idx)
+            keys = torch.cat([self.rotate_time(torch.gather(cache.k, 1, gk), ctx_pos - self.base), own_keys], dim=1)
+            values = torch.cat([torch.gather(cache.v, 1, gk), v], dim=1)
+        elif w.context is None:
             keys, values = own_keys, v
         else:
             ctx_k = cache.k.index_select(1, w.context)
@@ -401,12 +494,18 @@ class KVCache:
             cache.put(w.write, k[:, :m], v[:, :m], pos[:m], w.n)
         if trace is not None:
             order = cache.order()[::F]
-            trace({"event": "window", "layer": layer, "start_frame": w.plan.start_frame,
+            rec = {"event": "window", "layer": layer, "start_frame": w.plan.start_frame,
                    "num_frames": w.plan.num_frames, "tokens_per_frame": F,
                    "frames": _host(attended[0]), "t_pos": _host(attended[1]),
                    "written": list(w.written), "evicted": list(w.evicted),
                    "held_frames": _host(cache.frame[:, order]), "held_t_pos": _host(cache.t_pos[:, order]),
-                   **w.plan.extras})
+                   **w.plan.extras}
+            if chosen is not None:  # the chosen tokens, listed apart from the frame runs above
+                slots, idx, scores, picks = chosen
+                rec.update(candidates=list(w.plan.select.candidates), scores=_host(scores), chosen=_host(idx),
+                           selected_frames=_host(cache.frame.gather(1, slots)), selected_tokens=_host(slots % F),
+                           selected_t_pos=_host(cache.t_pos.gather(1, slots)), picks=_host(picks))
+            trace(rec)
         return keys, values
 
     def chunk_events(self, layer: int) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .kv_cache import WindowPlan
+from .kv_cache import WindowPlan, WindowSelect
 from .loops import LoopStrategy, clean_pass
 from .policies import CachePolicyError
 
@@ -84,12 +84,21 @@ class RollingLoop(LoopStrategy):
     ``clean_pass_sees_anchor``: False as released (the clean pass attends the newest ``attention_cap_frames`` frames
     of the buffer, so from block 7 on it no longer sees the anchor); True: it attends the sink plus the newest blocks
     that fit, like a denoising call of one block.
+
+    Participative Compression on top (off by default, docs/rolling.md section 7): ``pc_budget_frames`` = C frames'
+    worth of tokens chosen per call from the held blocks older than the working cache (which shrinks to make room),
+    scored against the queries of the last ``recent_frames`` frames of the denoising calls, each token picked at most
+    ``reuse_cap`` times while others compete (0: no cap); use a ``buffer_frames`` larger than the cap so there is a
+    history to choose from.
     """
 
     attention_cap_frames: int = 21
     buffer_frames: int = 24
     sink_frames: int | None = None
     clean_pass_sees_anchor: bool = False
+    pc_budget_frames: int | None = None
+    recent_frames: int = 4
+    reuse_cap: int = 7
 
     name = "rolling"
     uses_rotated_key_buffer = False  # every call gathers its own context; the rotated-key buffer is never read
@@ -128,6 +137,17 @@ class RollingLoop(LoopStrategy):
         if self.buffer_frames < S + B:
             raise ValueError(f"buffer_frames={self.buffer_frames} cannot hold the sink ({S} frames) and one block "
                              f"({B} frames); use buffer_frames >= {S + B}")
+        C = self.pc_budget_frames
+        if C is None:
+            return
+        if C < 1 or self.recent_frames < 1 or self.reuse_cap < 0:
+            raise ValueError(f"pc_budget_frames={C} and recent_frames={self.recent_frames} must be >= 1 and "
+                             f"reuse_cap={self.reuse_cap} >= 0 (0 = no cap)")
+        if S + W * B + B + C > cap:
+            raise ValueError(f"Participative Compression on the rolling window: the sink ({S} frames), one working "
+                             f"block ({B}), the selected tokens (pc_budget_frames={C}) and a full window ({W * B}) "
+                             f"need {S + W * B + B + C} frames > attention_cap_frames={cap}; use pc_budget_frames <= "
+                             f"{cap - S - W * B - B} or attention_cap_frames >= {S + W * B + B + C}")
 
     def check_recache(self, recache) -> None:
         """No re-cache: a prompt switch only changes the prompt of the windows that follow."""
@@ -168,12 +188,44 @@ class RollingLoop(LoopStrategy):
         k = max(0, min((self.attention_cap_frames - frames - self.sink(B)) // B, len(rest)))
         return sink, rest[len(rest) - k:]
 
+    def pc_context(self, held: list, oldest: int, frames: int, B: int) -> tuple:
+        """(sink, candidate, working blocks) of a call under Participative Compression.
+
+        The working cache: the k newest held non-sink blocks before ``oldest``, k = (attention_cap_frames - frames -
+        S - pc_budget_frames) // B at most; the candidates: the held non-sink blocks older than the working cache.
+        """
+        sink_blocks = self.sink(B) // B
+        usable = [h for h in held if h < oldest]
+        sink = [h for h in usable if h < sink_blocks]
+        rest = [h for h in usable if h >= sink_blocks]
+        room = self.attention_cap_frames - frames - self.sink(B) - self.pc_budget_frames
+        k = max(0, min(room // B, len(rest)))
+        return sink, rest[:len(rest) - k], rest[len(rest) - k:]
+
+    def pc_plan(self, held: list, oldest: int, q: int, B: int, write, evict, extras) -> WindowPlan:
+        """``[sink | chosen tokens | working | call]``: the chosen tokens (at most pc_budget_frames * F, from the
+        candidate blocks) at contiguous positions right before the working cache, the sink right before them."""
+        candidates_held = [h for h in held if h * B not in {first for first, _ in evict}]
+        sink, cand, working = self.pc_context(candidates_held, oldest, q, B)
+        first = working[0] * B if working else oldest * B
+        g = min(self.pc_budget_frames, len(cand) * B)  # frames' worth of chosen tokens
+        sink_frames = [h * B + j for h in sink for j in range(B)]
+        head = _runs(sink_frames, first - g - len(sink_frames))
+        own = tuple((fr, n, fr) for fr, n, _ in _runs([h * B + j for h in working for j in range(B)], None))
+        select = WindowSelect(tuple(h * B + j for h in cand for j in range(B)), self.pc_budget_frames, first - g,
+                              len(head), self.reuse_cap) if cand else None
+        return WindowPlan(oldest * B, q, head + own, write, evict, extras, 0, select)
+
     def denoise_plan(self, held: list, window: Window, B: int) -> WindowPlan:
         """The window's denoising call: ``[sink | working | window]``, sink right before the working cache."""
         oldest, q = window.blocks[0], len(window.blocks) * B
+        extras = dict(window=window.index, call="denoise", blocks=window.blocks)
+        if self.pc_budget_frames is not None:
+            plan = self.pc_plan(held, oldest, q, B, 0, (), extras)
+            plan.remember = self.recent_frames
+            return plan
         sink, working = self.context(held, oldest, q, B)
-        return self._plan(sink, working, oldest, q, B, 0, (), dict(window=window.index, call="denoise",
-                                                                   blocks=window.blocks))
+        return self._plan(sink, working, oldest, q, B, 0, (), extras)
 
     def clean_plan(self, held: list, window: Window, B: int) -> tuple[WindowPlan, list]:
         """The clean pass of the window's oldest block: its slot written (a new block may evict the oldest non-sink
@@ -187,6 +239,8 @@ class RollingLoop(LoopStrategy):
                 after.remove(rest[0])
             after.append(block)
         extras = dict(window=window.index, call="clean", blocks=(block,))
+        if self.clean_pass_sees_anchor and self.pc_budget_frames is not None:
+            return self.pc_plan(held, block, B, B, B, evict, extras), after
         if self.clean_pass_sees_anchor:
             sink, working = self.context(held, block, B, B)
             return self._plan(sink, working, block, B, B, B, evict, extras), after
@@ -196,7 +250,10 @@ class RollingLoop(LoopStrategy):
         sink = [fr for fr in frames if fr < S]
         rest = [fr for fr in frames if fr >= S]
         first = rest[0] if rest else block * B
-        attend = _runs(sink, first - len(sink)) + _runs(rest, None)
+        if self.pc_budget_frames is None:
+            attend = _runs(sink, first - len(sink)) + _runs(rest, None)
+        else:  # a frame an earlier selection moved is put back at its own frame
+            attend = _runs(sink, first - len(sink)) + tuple((fr, n, fr) for fr, n, _ in _runs(rest, None))
         return WindowPlan(block * B, B, attend, B, evict, extras), after
 
     @staticmethod
