@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import CheckpointFile, Method
-from .rolling_forcing import build_rolling_loop, rolling_defaults
+from .rolling_forcing import RollingSection, build_rolling_loop, rolling_defaults
 
 REPO_ID = "zhuhz22/Causal-Forcing"
 LOCAL_DIR = "checkpoints/causal_forcing"
@@ -64,6 +64,7 @@ class CausalForcing(Method):
     summary = "Causal Forcing / CF++ (chunk-wise or frame-wise, 4/2/1 steps; frame-wise also image-to-video)"
     checkpoints = {name: v.file for name, v in VARIANTS.items()}
     default_variant = "chunkwise"
+    section = RollingSection  # the rolling loop's options, read by the longvideo variant (causal_forcing.<key>)
 
     def defaults(self, variant: str | None) -> dict:
         """The variant's chunk size, step lists and weights entry, with Self Forcing's released cache."""
@@ -78,7 +79,7 @@ class CausalForcing(Method):
     def build_loop(self, section, variant: str | None):
         """The chunk loop, or the rolling loop (as released) for ``longvideo``."""
         if VARIANTS[variant or self.default_variant].rolling:
-            return build_rolling_loop(None)
+            return build_rolling_loop(section)
         return super().build_loop(section, variant)
 
     def claims(self, values: dict) -> bool:

@@ -27,7 +27,8 @@ STEPS = [1000, 800, 600, 400, 200]
 
 @dataclass
 class RollingSection:
-    """The rolling loop's options (``rolling_forcing.<key>``); the defaults are the released loop."""
+    """The rolling loop's options (``rolling_forcing.<key>``, or ``causal_forcing.<key>`` for its longvideo variant);
+    the defaults are the released loop."""
 
     sink_frames: Optional[int] = None        # None: the released 3-frame anchor; whole blocks: a Deep Sink
     clean_pass_sees_anchor: bool = False     # False as released (the clean pass loses the anchor from block 7 on)
