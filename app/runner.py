@@ -5,15 +5,16 @@ decoder and appended to each sample's mp4 right away (``app.streaming``), so mem
 of the video and the file can be watched while it grows; prompt switches (a schedule or stdin) happen between
 chunks (``app.switching``).
 
-Order of one block i on CUDA, with no device-wide synchronise anywhere in the loop: the rollout enqueues block i on
-the current stream and yields it; an event is recorded there (the block's end, and its rollout timing); the
-``ChunkDecoder`` queues decode, uint8 conversion and the copy into pinned host memory on its side stream behind that
-event; then block i-1, whose copy was queued one block earlier, is handed to the mp4 writers once its copy event
-has completed (an event wait; the writers encode on their thread pool); ``on_chunk`` and the progress bar follow;
-the prompt of block i+1 is prepared and the rollout enqueues it, so block i's decode and copy run on the GPU while
-block i+1 is denoised. Block 0 is handed over at once (its frames are the first on disk; ``first_chunk`` is the time
-to them: the one wait for a copy before the next block is queued), and the last block when the video ends. On the
-CPU everything runs in order and each block is handed over before the next is generated, as before.
+Order of one block i on CUDA, with no device-wide synchronise (only at a prompt switch, whose text encoder is timed
+apart): the rollout enqueues block i on the current stream and yields it; an event is recorded there (the block's
+end, and its rollout timing); the ``ChunkDecoder`` queues decode, uint8 conversion and the copy into pinned host
+memory on its side stream behind that event; then block i-1, whose copy was queued one block earlier, is handed to
+the mp4 writers once its copy event has completed (an event wait; the writers encode on their thread pool);
+``on_chunk`` and the progress bar follow; the prompt of block i+1 is prepared and the rollout enqueues it, so block
+i's decode and copy run on the GPU while block i+1 is denoised. Block 0 is handed over at once (its frames are the
+first on disk; ``first_chunk`` is the time to them: the one wait for a copy before the next block is queued), and
+the last block when the video ends. On the CPU everything runs in order and each block is handed over before the
+next is generated, as before.
 Timings: ``rollout`` and ``decode`` come from CUDA events (rollout: per block, on the rollout's stream, from before
 the rollout is asked for the block to after it yields it; decode: per output on the side stream), each pair read once
 its block's copy has completed, so reading them waits for nothing; on the CPU they are ``perf_counter`` intervals.

@@ -102,7 +102,8 @@ def count_transfers(fn, *args, **kwargs) -> tuple[object, TransferLog]:
     return result, mode.log
 
 
-def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, where: bool = False) -> list[TransferLog]:
+def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, where: bool = False,
+                    prompt_switch=None) -> list[TransferLog]:
     """Transfers made by each block of ``pipe.frames`` (each block runs under its own counter)."""
     from pipeline.rollout import RolloutInputs
 
@@ -116,7 +117,7 @@ def chunk_transfers(pipe, text: torch.Tensor, noise: torch.Tensor, renoise, wher
             yield
         logs.append(mode.log)
 
-    run = timed_blocks(pipe, RolloutInputs(text, noise, renoise), around=counted)
+    run = timed_blocks(pipe, RolloutInputs(text, noise, renoise, prompt_switch=prompt_switch), around=counted)
     return logs[:len(run.blocks)]  # the last attempt found the video finished
 
 
@@ -131,21 +132,30 @@ def decode_transfers(vae, latents: torch.Tensor, chunks: int) -> list[TransferLo
     return logs
 
 
-def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False,
-                           layers: int | None = None) -> list[TransferLog]:
-    """Per-chunk transfers of the CPU preset's tiny model (``layers``: fewer layers) on the meta device in ``mode``."""
+def meta_rollout_transfers(mode: str, latent_frames: int = 30, where: bool = False, layers: int | None = None,
+                           recache: str = "off", switch_at: int | None = None, **recache_params) -> list[TransferLog]:
+    """Per-chunk transfers of the CPU preset's tiny model (``layers``: fewer layers) on the meta device in ``mode``.
+
+    With a ``recache`` variant other than ``off`` a prompt switch callback is given (so the re-cache store is kept),
+    switching once, before chunk ``switch_at`` (None: never).
+    """
+    from pipeline.recache import build_recache
     from pipeline.rollout import Rollout, RolloutConfig
 
     from .measure import noise_source
     from .modes import make_policy
     from .presets import build_random_model, get_preset
+    if recache == "longlive":
+        import methods.longlive  # noqa: F401  (registers the variant)
     preset = get_preset("cpu").with_overrides(device="meta", layers=layers)
     model = build_random_model(preset)
-    pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0])
+    pipe = Rollout(model, RolloutConfig(), make_policy(mode)[0], recache=build_recache(recache, **recache_params))
     cfg = model.config
     text = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
+    other = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
+    switch = None if recache == "off" else (lambda i, f: other if i == switch_at else None)
     noise = torch.randn(1, latent_frames, *preset.latent_shape, device="meta")
-    return chunk_transfers(pipe, text, noise, noise_source(torch.device("meta"), 0), where)
+    return chunk_transfers(pipe, text, noise, noise_source(torch.device("meta"), 0), where, prompt_switch=switch)
 
 
 def main(argv=None) -> int:
@@ -155,9 +165,13 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--latent-frames", type=int, default=30)
     p.add_argument("--where", action="store_true", help="also list the source lines of the transfers")
+    p.add_argument("--recache", default="off", choices=("off", "ours"),
+                   help="with 'ours' a prompt switch callback keeps the re-cache store (switching at --switch-at)")
+    p.add_argument("--switch-at", type=int, default=None, help="the chunk to switch the prompt before (--recache)")
     args = p.parse_args(argv)
     for mode in args.modes:
-        logs = meta_rollout_transfers(mode, args.latent_frames, args.where)
+        logs = meta_rollout_transfers(mode, args.latent_frames, args.where, recache=args.recache,
+                                      switch_at=args.switch_at)
         counts = [log.count for log in logs]
         ops = sum((log.ops for log in logs[1:]), Counter())
         sys.stdout.write(f"{mode}: per chunk {counts}; ops after the first chunk {dict(ops)}\n")

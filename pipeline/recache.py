@@ -158,6 +158,7 @@ class CleanLatentStore:
     def slots(self, frames: torch.Tensor) -> torch.Tensor:
         """Slot [R] of each frame of ``frames`` [R] (held frames only; on the device)."""
         match = (self._ids[None, :] == frames[:, None]) & self._live[None, :]  # [R, K]
+        torch._assert_async(match.any(1).all(), "a frame asked of the clean-latent store is not held")  # no sync
         return match.to(torch.int8).argmax(1)
 
     def stack(self, frames: "torch.Tensor | list[int]") -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""No host<->device transfer and no host read in a steady chunk, in every cache mode (issue: speed, item 1).
+"""No host<->device transfer and no host read in a steady chunk, in every cache mode (issue: speed, item 1), with
+the re-cache's store kept and at a re-cache (issue 21, item 4; the runner's own path: tests/test_runner_transfers.py).
 
 The tiny model runs on the meta device: a host read (``.item()``, ``bool(t)``) fails there, and the dispatch mode of
 ``bench.transfers`` counts every op that mixes devices or copies between them (each is a blocking sync on CUDA).
@@ -31,6 +32,37 @@ def test_steady_chunks_make_no_transfers(mode):
     logs = meta_rollout_transfers(mode, latent_frames=30, layers=1)  # every layer runs the same code
     assert len(logs) == 10
     assert [log.count for log in logs[1:]] == [0] * 9, [dict(log.ops) for log in logs]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_steady_chunks_with_the_recache_store_make_no_transfers(mode):
+    # A switch callback that never switches: the re-cache's store remembers and prunes every chunk on the device.
+    logs = meta_rollout_transfers(mode, latent_frames=30, layers=1, recache="ours")
+    assert [log.count for log in logs[1:]] == [0] * 9, [dict(log.ops) for log in logs]
+
+
+@pytest.mark.parametrize("mode", ["self_forcing", "deep_sink"])
+@pytest.mark.parametrize("recache, switch_at, params", [
+    ("ours", 2, {}), ("ours", 8, {}),
+    ("longlive", 2, {"global_sink": True}), ("longlive", 8, {"global_sink": True}),  # f = 24 > 21: the sink frozen
+    ("longlive", 8, {"global_sink": False})])                                       # the whole cache replaced
+def test_a_recache_in_a_whole_frame_mode_makes_no_transfers(mode, recache, switch_at, params):
+    # FIFO modes hold whole frames: the pass's sizes are known on the host, so even the switch chunk reads nothing.
+    logs = meta_rollout_transfers(mode, latent_frames=30, layers=1, recache=recache, switch_at=switch_at, **params)
+    assert len(logs) == 10
+    assert [log.count for log in logs[1:]] == [0] * 9, [dict(log.ops) for log in logs]
+
+
+def test_counter_fakes_copies_from_the_meta_device_to_the_host():
+    x = torch.zeros(2, 3, dtype=torch.uint8, device="meta")
+    host = torch.empty(2, 3, dtype=torch.uint8)
+    with CountTransfers(host_copies=True) as mode:
+        assert host.copy_(x) is host
+        assert x.to("cpu").shape == (2, 3) and x.cpu().device.type == "cpu"
+        x + 1
+    assert mode.log.count == 3 and dict(mode.log.ops) == {"copy_": 1, "_to_copy": 2}
+    with pytest.raises(NotImplementedError), CountTransfers():
+        host.copy_(x)
 
 
 def test_streaming_vae_decode_makes_no_transfers_after_the_first():
