@@ -109,7 +109,7 @@ def test_timestep_shift_and_train_timesteps_spellings():
 def test_longlive_run_keys_are_flag_defaults(tmp_path):
     """LongLive's num_output_frames, num_samples, save_with_index, use_ema and output_folder are honoured as defaults
     (flags win); its seed is ignored like Self Forcing's training values, its data_path and generator_ckpt are
-    schema keys (read only by LongLive configs, app.longlive_settings)."""
+    keys of the LongLive section (read only by that method, methods/longlive.py)."""
     raw = yaml.safe_load((FAMILY / "longlive_inference.yaml").read_text())
     for key in ("lora_ckpt", "adapter", "global_sink"):
         raw.pop(key)
