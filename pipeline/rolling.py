@@ -283,7 +283,8 @@ class RollingLoop(LoopStrategy):
             s, q = oldest * B, len(blocks) * B
             xt = torch.cat([latents.pop(b) for b in blocks], dim=1)  # [batch, q, C, H, W]
             batch = xt.shape[0]
-            levels = torch.tensor([window.step(b) for b in blocks], device=steps.device)
+            # step of each block, oldest first (consecutive, descending); made on the device: no host copy
+            levels = torch.arange(window.step(oldest), window.step(blocks[-1]) - 1, -1, device=steps.device)
             t = steps[levels].repeat_interleave(B).expand(batch, q)  # [batch, q] float32, one value per frame
             kv.begin_window(self.denoise_plan(held, window, B))
             flow = model(xt, t, session.text_kv, kv, start_frame=s)

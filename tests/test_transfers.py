@@ -91,3 +91,28 @@ def test_tables_on_the_cpu_give_the_same_values():
     assert torch.equal(rope.time_angles(pos), pos.double()[:, None] * rope.inv_freq_t)
     t = sched.warp([1000, 750, 500, 250])
     assert torch.equal(sched.sigma_at(t), sched.sigmas[torch.tensor([0, 250, 500, 750])])
+
+
+def test_rolling_windows_copy_only_their_slot_indices_after_the_first_block():
+    """The rolling loop's steady windows (Rolling Forcing, 5 blocks) make no host read and no other transfer than the
+    host-to-device copies of the slot indices each window's plan resolves to (``KVCache.begin_window``: at most 8 per
+    block, issued before the block's kernels); building them on the device is left to do."""
+    from bench.measure import noise_source
+    from bench.presets import build_random_model
+    from bench.transfers import chunk_transfers
+    from pipeline.loops import build_loop
+    from pipeline.policies import SelfForcingWindow
+    from pipeline.rollout import Rollout, RolloutConfig
+    preset = get_preset("cpu").with_overrides(device="meta", layers=1)
+    model = build_random_model(preset)
+    pipe = Rollout(model, RolloutConfig(denoising_step_list=[1000, 800, 600, 400, 200]),
+                   SelfForcingWindow(local_attn_size=-1, sink_size=0), loop=build_loop("rolling"))
+    cfg = model.config
+    text = torch.randn(1, cfg.text_len, cfg.text_dim, device="meta")
+    noise = torch.randn(1, 30, *preset.latent_shape, device="meta")
+    logs = chunk_transfers(pipe, text, noise, noise_source(torch.device("meta"), 0), where=True)
+    assert len(logs) == 10
+    steady = logs[1:]
+    assert all(set(log.ops) == {"_to_copy"} for log in steady), [dict(log.ops) for log in steady]
+    assert all(len(log.sites) == 1 and next(iter(log.sites)).startswith("pipeline/kv_cache.py") for log in steady)
+    assert all(log.count <= 8 for log in steady), [log.count for log in steady]  # 7 full windows, 5 in the tail
