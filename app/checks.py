@@ -296,9 +296,6 @@ def warn_other_sections(loaded: LoadedConfig, method) -> None:
 def build_strategy(loaded: LoadedConfig, method, section, rollout: RolloutConfig, policy: CachePolicy):
     """The method's loop strategy, validated against the rollout and the policy."""
     warn_other_sections(loaded, method)
-    if method.conditioning != "text":
-        raise CLIError(f"method {method.name} is conditioned on {method.conditioning}; this runner encodes text "
-                       f"prompts only.")
     loop = method.build_loop(section, loaded.cfg.variant)
     name = loop.name
     try:
@@ -316,7 +313,7 @@ def check_geometry(loaded: LoadedConfig, model_dir: Path | None, spatial: int, n
     cfg = loaded.cfg
     arch = architecture(model_dir)
     check_resolution(loaded, arch, spatial)
-    check_memory(loaded, num_frames, (arch.in_dim, cfg.height // spatial, cfg.width // spatial), dtype, device,
+    check_memory(loaded, num_frames, (arch.out_dim, cfg.height // spatial, cfg.width // spatial), dtype, device,
                  noise_order, bool(save_latents))
 
 
@@ -326,7 +323,7 @@ def prompt_jobs(args, loaded: LoadedConfig, method_run, schedule, data_path: str
     from .prompts import PromptJob
     jobs = method_run.jobs()
     if jobs is not None:
-        if schedule or args.interactive:
+        if schedule or (args.interactive and not method_run.interactive_input):
             raise CLIError(f"{loaded.origin('method')}: method {loaded.cfg.method} switches prompts from its own "
                            f"input ({data_path}); it cannot be combined with --prompt_schedule or --interactive; use "
                            f"one way of switching prompts per run.")
@@ -347,6 +344,9 @@ def resolve_model_files(args, loaded: LoadedConfig, method, section, method_run,
     """(model folder, checkpoint, download needed): --demo's tiny model, or the method's files, fetched if allowed."""
     cfg = loaded.cfg
     download_allowed = not (args.demo or args.no_download or env_offline())
+    own = method_run.model_files(args, download_allowed, stack or contextlib.ExitStack())
+    if own is not None:
+        return own
     if args.demo:
         wan_model_dir, checkpoint_path = demo_model(args, stack or contextlib.ExitStack())
     else:

@@ -213,7 +213,9 @@ def run(settings, runner=None, stdin=None) -> int:
     progress = progress_enabled(dist)
     runner = runner or VideoRunner.load(settings, progress=progress)
     live = None
-    if settings.interactive:
+    if settings.interactive and settings.method_run.interactive_input:
+        live = settings.method_run.live_input(stdin)
+    elif settings.interactive:
         live = LivePrompts(stdin)
         logger.info("interactive: type a prompt and press Enter to switch before the next chunk; '/stop' ends the "
                     "video%s", " (end of input too)" if settings.endless else "")

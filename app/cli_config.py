@@ -424,7 +424,12 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     layers = [read_yaml(Path(config_path))] if config_path is not None else []
     layers += [demo] if demo is not None else []
     layers += list(flags) + [override_layer(item) for item in overrides]
-    loaded = merge_layers([method_layer(layers, checkpoint), *layers])
+    base = method_layer(layers, checkpoint)
+    from methods.base import get_method
+    method = get_method(base.values["method"])
+    layers = [Layer(x.label, method.release_values(x.values)) if x.label.startswith("config file") else x
+              for x in layers]
+    loaded = merge_layers([base, *layers])
     check_values(loaded)
     return loaded
 

@@ -140,9 +140,10 @@ class VideoRunner:
     """Text encoder, causal DiT, VAE and rollout pipeline, built once and reused for every prompt."""
 
     def __init__(self, settings: RunSettings, text_encoder, model, vae, pipeline: Rollout,
-                 progress: bool = True):
+                 progress: bool = True, conditioner=None):
         self.settings, self.text_encoder, self.model, self.vae, self.pipeline = (settings, text_encoder, model,
                                                                                  vae, pipeline)
+        self.conditioner = conditioner  # a method's own conditioning encoder (None: the text encoder)
         self.progress = progress
         self.versions = package_versions()
         self.versions["attention_backend"] = attention_backend(model.device, model.dtype)  # fa3 | fa2 | sdpa
@@ -150,7 +151,7 @@ class VideoRunner:
         if settings.height % sf or settings.width % sf:
             raise CLIError(f"height={settings.height} x width={settings.width} is not divisible by the VAE's "
                            f"spatial factor {sf}.")
-        self.latent_shape = (model.config.in_dim, settings.height // sf, settings.width // sf)  # (C, h, w)
+        self.latent_shape = (model.config.out_dim, settings.height // sf, settings.width // sf)  # (C, h, w)
         delay = float(os.environ.get(DEBUG_FRAME_DELAY_ENV, "0") or 0)
         self._on_frame = (lambda n: time.sleep(delay)) if delay > 0 else None
 
@@ -162,6 +163,12 @@ class VideoRunner:
         if settings.download:
             model_dir, checkpoint = ensure_model_files(model_dir, checkpoint, download=True)
         device, dtype = settings.device, settings.dtype
+        own = settings.method_run.load_models(settings)
+        if own is not None:  # a method with its own conditioning (e.g. image + actions)
+            conditioner, model, vae = own
+            pipeline = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
+            logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
+            return cls(settings, None, model, vae, pipeline, progress=progress, conditioner=conditioner)
         offload = should_offload_text_encoder(device)
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
@@ -189,12 +196,16 @@ class VideoRunner:
         return embeds.to(self.settings.device).expand(self.settings.num_samples, *embeds.shape[1:])
 
     def encode(self, job: PromptJob) -> torch.Tensor:
-        """Prompt embeddings [num_samples, text_len, text_dim] of the job's text."""
+        """Prompt embeddings [num_samples, text_len, text_dim] of the job's text (or the method's conditioning)."""
+        if self.conditioner is not None:
+            return self.conditioner.encode(job)
         return self.encode_text(job.text)
 
     def switcher(self, job: PromptJob, live: LivePrompts | None, timings: dict) -> PromptSwitcher | None:
         """The prompt-switch callback of one video (None when prompts cannot change)."""
         s = self.settings
+        if self.conditioner is not None:
+            return self.conditioner.switcher(job, live)
         schedule = s.method_run.schedule(job, s.clock) or s.schedule
         if schedule is None and live is None:
             return None
@@ -273,7 +284,7 @@ class VideoRunner:
         image = None if s.image is None else s.image.latent(self.vae, s.height, s.width, s.num_samples)
         generated = s.num_output_frames if image is None or s.endless else s.num_output_frames - 1  # image: frame 0
         noise, source = self.pipeline.seeded_noise(s.num_samples, generated, self.latent_shape, s.seed,
-                                                   s.noise_order)
+                                                   s.noise_order, channels_first=s.method.noise_channels_first)
         B = s.rollout.num_frame_per_block
         num_chunks = None if s.endless else s.num_output_frames // B
         latent_frames = 0

@@ -175,10 +175,11 @@ def resolve_settings(args, dist: DistEnv, stack: contextlib.ExitStack | None = N
     checks.check_geometry(loaded, checks.model_folder(args), spatial, num_frames, dtype, device,
                           options["noise_order"], args.save_latents)
     data_path = args.data_path or method.prompt_source(section) or str(DEMO_PROMPTS if args.demo else DEFAULT_PROMPTS)
-    method_run = method.resolve(MethodContext(cfg, loaded.origin, data_path, clock, num_frames, section, args.demo))
+    method_run = method.resolve(MethodContext(cfg, loaded.origin, data_path, clock, num_frames, section, args.demo,
+                                              args.image, args.interactive, args.seed))
     schedule = load_schedule(args.prompt_schedule, clock, num_frames) if args.prompt_schedule else None
     jobs = checks.prompt_jobs(args, loaded, method_run, schedule, data_path, num_frames, load_prompt_jobs)
-    image = checks.image_input(loaded, args, rollout, num_frames)
+    image = checks.image_input(loaded, args, rollout, num_frames) if method.conditioning == "text" else None
     checks.check_output_folder(Path(cfg.output_folder))
     model_dir, checkpoint, download = checks.resolve_model_files(args, loaded, method, section, method_run, stack)
     return RunSettings(cfg, args.config_path, method, method_run, policy, rollout, loop, recache, num_frames,

@@ -48,3 +48,36 @@ def image_sha256(path: str | os.PathLike) -> str:
         raise ImageInputError(f"image {path} could not be read ({exc.strerror or exc}); check the path and its "
                               f"permissions.") from None
     return digest.hexdigest()
+
+
+def load_world_image(path: str | os.PathLike, height: int, width: int) -> torch.Tensor:
+    """A world model's input image [1, 3, height, width] in [-1, 1], prepared as Matrix-Game 2.0 releases it.
+
+    EXIF orientation applied, RGB; centre-cropped to the height:width aspect (the crop box in float, rounded by PIL);
+    a bilinear (antialiased) resize unless the crop already has the size; ``x * (1/255)`` in float32, then
+    ``(x - 0.5) / 0.5``.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ImageInputError(f"image {path} {what}; pass the path of an image file (PNG, JPEG, WebP, ...) with "
+                              f"--image.")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            w, h = img.size
+            if h / w > height / width:
+                new_w, new_h = w, int(w * height / width)
+            else:
+                new_w, new_h = int(h * width / height), h
+            img = img.crop(((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2))
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageInputError(f"image {path} could not be read as an image ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())}); pass a readable PNG, JPEG or WebP file.") from None
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    x = data.permute(2, 0, 1).float() * torch.tensor(1.0 / 255.0, dtype=torch.float32)  # [3, H, W] in [0, 1]
+    return ((x - 0.5) / 0.5)[None]

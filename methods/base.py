@@ -66,6 +66,9 @@ class MethodContext:
     num_frames: int | None                     # latent frames (None: endless)
     section: Any = None                        # the method's own section (cfg.<name>), or None
     demo: bool = False                         # --demo: a tiny random model instead of the method's files
+    image: str | None = None                   # --image (an image-conditioned method's input)
+    interactive: bool = False                  # --interactive
+    seed: int = 0                              # --seed
 
 
 @dataclass
@@ -81,6 +84,7 @@ class MethodRun:
     """A method's resolved part of a run (the base: nothing beyond the common pipeline)."""
 
     lora = None  # LoraSettings of a LoRA merged at load time, or None
+    interactive_input = False  # --interactive feeds the method's own per-chunk input (``live_input(stdin)``)
 
     def jobs(self) -> list | None:
         """The run's prompt jobs when the method reads its own prompt format (None: the common prompt files)."""
@@ -97,6 +101,16 @@ class MethodRun:
     def fetch(self, download: bool) -> None:
         """Make the method's extra files present (download when allowed) or raise a ModelFilesError."""
 
+    def model_files(self, args, download: bool, stack) -> tuple | None:
+        """(model folder, checkpoint, download needed) when the method finds its own files (None: the Wan folder and
+        a Self Forcing-format checkpoint, found by the application)."""
+        return None
+
+    def load_models(self, settings) -> tuple | None:
+        """(conditioner, model, VAE) when the method loads its own models (None: text encoder, DiT, VAE)."""
+        return None
+
+
 
 class Method:
     """Base method: the common chunk loop, no section, no files; subclasses set ``name`` and what differs."""
@@ -110,6 +124,7 @@ class Method:
     loop: ClassVar[str] = "chunk"
     recache: ClassVar[str] = "off"
     conditioning: ClassVar[str] = "text"
+    noise_channels_first: ClassVar[bool] = False  # the released code draws its noise as [B, C, T, H, W]
 
     def __init_subclass__(cls, **kwargs):
         """Register a subclass under its own ``name``."""
@@ -134,6 +149,10 @@ class Method:
     def claims(self, values: dict) -> bool:
         """Whether a released YAML's values (flat upstream keys) belong to this method."""
         return False
+
+    def release_values(self, values: dict) -> dict:
+        """A released YAML's values with keys that mean something else in this method renamed (default: as is)."""
+        return values
 
     def variant_for(self, values: dict, checkpoint: str | None) -> str | None:
         """The variant a YAML's values or a checkpoint path stands for (None: not recognised)."""

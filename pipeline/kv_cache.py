@@ -289,6 +289,7 @@ class KVCache:
         self.window: _Window | None = None       # the rolling-window call in progress (``begin_window``)
         self.frame_slots: dict[int, int] = {}    # rolling windows: first slot of every held frame (host side)
         self.window_queries: list = [None] * num_layers  # rolling PC: per layer (q sums [batch, R, H, D], pos [R])
+        self.frame_caches: dict[tuple[int, str], FrameKVCache] = {}  # (layer, name) -> frame cache (``frame_cache``)
 
     def reset(self) -> None:
         """Start a new video: empty every layer and reset the policy's per-video state."""
@@ -300,6 +301,7 @@ class KVCache:
         self.window = None
         self.frame_slots = {}
         self.window_queries = [None] * len(self.layers)
+        self.frame_caches = {}
 
     def begin_chunk(self, start_frame: int, num_frames: int) -> None:
         """Announce a new chunk; the next call of each layer is its first call (where cache events happen)."""
@@ -554,9 +556,36 @@ class KVCache:
         trace(rec)
 
     def commit(self) -> None:
-        """After the clean pass: the staged chunk becomes context in every layer."""
+        """After the clean pass: the staged chunk becomes context in every layer (and every frame cache)."""
         for layer in self.layers:
             layer.commit()
+        for frames in self.frame_caches.values():
+            frames.commit()
+
+    def frame_cache(self, layer: int, name: str) -> "FrameKVCache":
+        """The frame cache ``name`` of ``layer`` (e.g. an action branch's), created on first use."""
+        key = (layer, name)
+        if key not in self.frame_caches:
+            self.frame_caches[key] = FrameKVCache(self, layer)
+        return self.frame_caches[key]
+
+    def whole_frames(self, layer: int) -> dict[int, int]:
+        """Committed frames ``layer`` holds whole in every sample (all F tokens at one time position) -> position.
+
+        One host read of the committed tokens' frame and position (per layer and chunk, for frame caches).
+        """
+        cache, F = self.layers[layer], self.tokens_per_frame
+        slots = cache.order()
+        frames, pos = _host(cache.frame[:, slots]), _host(cache.t_pos[:, slots])  # [batch, n]
+        held = None
+        for f, p in zip(frames, pos):
+            ids, inverse, counts = torch.unique(f, return_inverse=True, return_counts=True)
+            lo = torch.full(ids.shape, 2 ** 62, dtype=torch.long).scatter_reduce(0, inverse, p, "amin")
+            hi = torch.full(ids.shape, -2 ** 62, dtype=torch.long).scatter_reduce(0, inverse, p, "amax")
+            whole = (counts == F) & (lo == hi)
+            sample = dict(zip(ids[whole].tolist(), lo[whole].tolist()))
+            held = sample if held is None else {k: v for k, v in held.items() if sample.get(k) == v}
+        return held or {}
 
     def mark_token_slots(self) -> None:
         """Record, for the staged chunk of every layer, each token's index inside its frame (before ``commit``)."""
@@ -587,6 +616,59 @@ class KVCache:
             cache.v[:, :n] = torch.where(keep, r.v, cache.v[:, :n])
         if r.t_pos is not None:
             cache.t_pos[:, :n] = r.t_pos if r.where is None else torch.where(r.where, r.t_pos, cache.t_pos[:, :n])
+
+
+class FrameKVCache:
+    """K/V with one entry per row and latent frame beside one layer's self-attention cache (docs/cache.md).
+
+    It keeps the committed frames the layer's self-attention cache keeps whole (``KVCache.whole_frames``), at their
+    time positions there, so every eviction, sink move or compression of the policy applies to it frame by frame; a
+    frame the policy keeps only in part (a Participative Compression candidate) is dropped here. The chunk being
+    denoised is staged on every call and committed with the layers. Keys are stored without their time rotation.
+    """
+
+    def __init__(self, kv: KVCache, layer: int):
+        self.kv, self.layer = kv, layer
+        self.k: torch.Tensor | None = None        # [rows, n, H, D] committed frames, chronological
+        self.v: torch.Tensor | None = None
+        self.frames: list[int] = []               # their source frames (host)
+        self.pos: torch.Tensor | None = None      # int64 [n]: their absolute time positions
+        self.staged: tuple | None = None          # (k, v, absolute positions [m]) of the chunk
+        self._chunk: ChunkInfo | None = None
+
+    def _follow(self) -> None:
+        """At a chunk's first call: keep the frames the layer holds whole, at their positions there."""
+        held = self.kv.whole_frames(self.layer)
+        keep = [i for i, f in enumerate(self.frames) if f in held]
+        if len(keep) < len(self.frames):
+            idx = torch.tensor(keep, dtype=torch.long, device=self.k.device)
+            self.k, self.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
+            self.frames = [self.frames[i] for i in keep]
+        if self.frames:
+            self.pos = torch.tensor([held[f] for f in self.frames], dtype=torch.long, device=self.k.device)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage this call's k/v [rows, m, H, D] at positions ``pos`` [m] (relative to the base) -> (keys, values
+        [rows, n + m, H, D], key positions [n + m] relative to the base)."""
+        if self._chunk is not self.kv.chunk:
+            self._chunk = self.kv.chunk
+            self._follow()
+        self.staged = (k, v, pos + self.kv.base)
+        if not self.frames:
+            return k, v, pos
+        return (torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1),
+                torch.cat([self.pos - self.kv.base, pos]))
+
+    def commit(self) -> None:
+        """The staged chunk becomes committed frames."""
+        if self.staged is None:
+            return
+        k, v, pos = self.staged
+        frames = list(range(self.kv.chunk.start_frame, self.kv.chunk.start_frame + k.shape[1]))
+        if self.frames:
+            k, v, pos = torch.cat([self.k, k], 1), torch.cat([self.v, v], 1), torch.cat([self.pos, pos])
+        self.k, self.v, self.pos, self.frames = k, v, pos, self.frames + frames
+        self.staged = None
 
 
 def _host(x: torch.Tensor) -> torch.Tensor:

@@ -61,18 +61,23 @@ def as_source(renoise: "NoiseSource | torch.Generator") -> NoiseSource:
 
 
 def seeded_noise(batch: int, num_frames: int | None, latent_shape: tuple, seed: int, dtype: torch.dtype,
-                 device: torch.device, noise_order: str = "upstream") -> tuple["TensorNoise | LazyNoise", NoiseSource]:
+                 device: torch.device, noise_order: str = "upstream", channels_first: bool = False
+                 ) -> tuple["TensorNoise | LazyNoise", NoiseSource]:
     """Initial noise and re-noise source from one generator seeded once.
 
     ``upstream``: the whole initial noise [batch, T, C, H, W] first, then every re-noise draw (same seed, same
     noise as the released code). ``chunked``: each chunk's initial noise is drawn right before the chunk
-    (memory independent of length, endless videos possible; different random numbers).
+    (memory independent of length, endless videos possible; different random numbers). ``channels_first``: the
+    upstream draw is [batch, C, T, H, W] (Matrix-Game 2.0's layout), served as [batch, T, C, H, W].
     """
     g = torch.Generator(device=device).manual_seed(int(seed))
     source = generator_noise(g)
     if noise_order == "upstream":
         if num_frames is None:
             raise ValueError("noise_order='upstream' needs a finite number of frames; use 'chunked'")
+        if channels_first:
+            C, *hw = latent_shape
+            return TensorNoise(source((batch, C, num_frames, *hw), dtype, device).transpose(1, 2)), source
         return TensorNoise(source((batch, num_frames, *latent_shape), dtype, device)), source
     if noise_order == "chunked":
         return LazyNoise(batch, latent_shape, source, dtype, device, num_frames), source

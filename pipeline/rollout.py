@@ -71,7 +71,7 @@ class RolloutConfig:
 class RolloutInputs:
     """What one video is made from: conditioning, initial noise, re-noise draws and optional extras."""
 
-    prompt_embeds: torch.Tensor                      # [B, text_len, text_dim]
+    prompt_embeds: torch.Tensor                      # [B, text_len, text_dim] (or the model's conditioning object)
     noise: "torch.Tensor | TensorNoise | LazyNoise"  # [B, T, C, H, W] or a noise object (num_frames None: endless)
     renoise: "NoiseSource | torch.Generator"
     prompt_switch: PromptSwitch | None = None        # asked before every block after the first
@@ -104,7 +104,7 @@ class RolloutSession:
         self.noise = as_noise(inputs.noise)
         self.renoise = as_source(inputs.renoise)
         self.prompt_switch = inputs.prompt_switch
-        self.text_kv = self.model.encode_text(inputs.prompt_embeds.to(self.model.device))
+        self.text_kv = self.model.encode_context(inputs.prompt_embeds.to(self.model.device))
         # clean latents for the re-cache (None: re-cache off, or no prompt can change)
         self.store = None if self.prompt_switch is None else rollout.recache.new_store(rollout.policy)
         self.first_frame = 0  # frames before the first generated block: 1 after an image prefix
@@ -208,8 +208,8 @@ class Rollout:
         batch, T, (_, H, W) = noise.batch, noise.num_frames, noise.latent_shape
         self.loop.check_length(self.config, T)
         self.loop.check_inputs(self.config, inputs)
-        if inputs.prompt_embeds.shape[0] != batch:
-            raise ValueError(f"prompt_embeds batch {inputs.prompt_embeds.shape[0]} != noise batch {batch}")
+        if len(inputs.prompt_embeds) != batch:
+            raise ValueError(f"conditioning batch {len(inputs.prompt_embeds)} != noise batch {batch}")
         if inputs.image_latent is not None:
             check_image_latent(inputs.image_latent, batch, noise.latent_shape, self.config.num_frame_per_block)
         kv = self._cache_for(batch, self.model.config.tokens_per_frame(H, W))
@@ -257,9 +257,11 @@ class Rollout:
         return out
 
     def seeded_noise(self, batch: int, num_frames: int | None, latent_shape: tuple, seed: int,
-                     noise_order: str = "upstream") -> tuple["TensorNoise | LazyNoise", NoiseSource]:
+                     noise_order: str = "upstream", channels_first: bool = False
+                     ) -> tuple["TensorNoise | LazyNoise", NoiseSource]:
         """Initial noise and re-noise source from one seed, in the model's dtype and device (``noise.seeded_noise``)."""
-        return seeded_noise(batch, num_frames, latent_shape, seed, self.model.dtype, self.model.device, noise_order)
+        return seeded_noise(batch, num_frames, latent_shape, seed, self.model.dtype, self.model.device, noise_order,
+                            channels_first)
 
     def generate_seeded(self, prompt_embeds: torch.Tensor, num_frames: int, latent_shape: tuple[int, int, int],
                         seed: int, callback: ChunkCallback | None = None, noise_order: str = "upstream",

@@ -168,9 +168,13 @@ class CausalWanBlock(nn.Module):
         """Query-side work after attention: output projection, cross-attention, FFN. out [B, T*F, H, D] -> x."""
         frames = (geo.num_frames, geo.tokens_per_frame)
         x = x + (self.self_attn.o(out.flatten(2)).unflatten(1, frames) * gate1).flatten(1, 2)
-        x = x + self.cross_attn(self.norm3(x), text_kv)
+        x = self.condition(x, geo, text_kv)
         h = (self.norm2(x).unflatten(1, frames) * (1 + scale2) + shift2).flatten(1, 2)
         return x + (self.ffn(h).unflatten(1, frames) * gate2).flatten(1, 2)
+
+    def condition(self, x: torch.Tensor, geo: CallGeometry, text_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The conditioning step after self-attention: the text cross-attention residual."""
+        return x + self.cross_attn(self.norm3(x), text_kv)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, geo: CallGeometry, layer: int,
                 text_kv: tuple[torch.Tensor, torch.Tensor], cache: SelfAttentionCache | None) -> torch.Tensor:
@@ -208,14 +212,22 @@ class CausalWanModel(nn.Module):
         self.config = cfg
         self.rope = WanRope(cfg.head_dim, cfg.rope_theta)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
-                                            nn.Linear(cfg.dim, cfg.dim))
+        self.build_context_embedding(cfg)
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
-        self.blocks = nn.ModuleList([CausalWanBlock(cfg, self.rope) for _ in range(cfg.num_layers)])
+        self.blocks = nn.ModuleList([self.build_block(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
         self._spatial_angles: dict[tuple, torch.Tensor] = {}
         self.compiled: dict | None = None  # set by compile_blocks
+
+    def build_context_embedding(self, cfg: WanConfig) -> None:
+        """The embedding of the conditioning context: the text projection (``text_embedding``)."""
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+
+    def build_block(self, cfg: WanConfig, index: int) -> nn.Module:
+        """Block ``index`` of the stack."""
+        return CausalWanBlock(cfg, self.rope)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -241,6 +253,10 @@ class CausalWanModel(nn.Module):
         self.compiled = {"backend": backend, "mode": mode, "blocks": len(self.blocks)}
         logger.info("torch.compile (%s, mode=%s) of %d blocks' query-side parts", backend, mode, len(self.blocks))
         return len(self.blocks)
+
+    def encode_context(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """What the rollout passes to every call: the per-layer cross-attention (k, v) of the prompt embeddings."""
+        return self.encode_text(context)
 
     def encode_text(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Prompt embeddings [B, text_len, text_dim] -> per-layer cross-attention (k, v), computed once per prompt."""

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, field
 
 
+MODEL_TYPES = ("t2v", "i2v")  # i2v: the image-conditioned world model (wan.world_model)
+
+
 @dataclass(frozen=True)
 class WanConfig:
     """Wan2.1 DiT architecture (original Wan field names, as in ``config.json``)."""
@@ -34,8 +37,8 @@ class WanConfig:
             raise ValueError(f"config: dim={self.dim} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
             raise ValueError(f"config: head_dim={self.head_dim} must be even and >= 6 for 3D RoPE")
-        if self.model_type != "t2v":
-            raise ValueError(f"config: model_type={self.model_type!r} is not supported (only 't2v')")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"config: model_type={self.model_type!r} is not supported (one of {MODEL_TYPES})")
 
     @property
     def head_dim(self) -> int:

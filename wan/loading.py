@@ -303,10 +303,14 @@ def read_wan_config(model_dir: str | os.PathLike) -> WanConfig:
     if not path.is_file():
         raise missing_file_error(Path(model_dir), CONFIG_FILE)
     try:
-        return WanConfig.from_json(path)
+        cfg = WanConfig.from_json(path)
     except (ValueError, TypeError) as exc:
         raise ModelFilesError(f"{first_line(exc)}. Fix or re-download {path} "
                               f"(`{wan_download_command(Path(model_dir), CONFIG_FILE)}`).") from None
+    if cfg.model_type != "t2v":
+        raise ModelFilesError(f"{path}: model_type={cfg.model_type!r} is not a text-to-video Wan model; pass "
+                              f"--wan_model_dir with the Wan2.1-T2V-1.3B folder.")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------------------
