@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "'Methods')")
     ours.add_argument("--variant", default=None, help="the method's variant, e.g. the frame-wise file of a method with several "
                       "(key variant; README 'Methods' lists them)")
-    ours.add_argument("--wan_model_dir", default=None, help="Wan2.1-T2V-1.3B folder (default "
-                      "wan_models/Wan2.1-T2V-1.3B, downloaded on first use)")
+    ours.add_argument("--wan_model_dir", "--pretrained_model_path", default=None, help="Wan2.1-T2V-1.3B folder "
+                      "(default wan_models/Wan2.1-T2V-1.3B, downloaded on first use); matrix_game2: the "
+                      "Matrix-Game-2.0 folder (VAE, CLIP, generators; default Matrix-Game-2.0)")
     ours.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda; cuda:LOCAL_RANK under "
                       "torchrun; cpu with --demo)")
     ours.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default bf16 on CUDA, "
@@ -129,15 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     cf = p.add_argument_group("image-to-video (Causal Forcing frame-wise models)")
     cf.add_argument("--i2v", action="store_true", default=None, help="image-to-video (key i2v): --image is the first "
                     "frame of every video, the prompts describe the motion; needs num_frame_per_block=1")
-    cf.add_argument("--image", default=None, metavar="PATH", help="the first frame (PNG, JPEG, ...), resized to the "
-                    "video's height x width without keeping its aspect ratio")
+    cf.add_argument("--image", "--img_path", default=None, metavar="PATH", help="the first frame (PNG, JPEG, ...), "
+                    "resized to the video's height x width without keeping its aspect ratio; matrix_game2: the "
+                    "conditioning image (or a folder of images), centre-cropped to the aspect")
+    cf.add_argument("--actions", default=None, metavar="bench|FILE", help="matrix_game2: the released random "
+                    "benchmark actions (bench, seeded by --seed; default), an actions file (per pixel frame: "
+                    "keyboard_condition / mouse_condition; per chunk: key lines), or a sidecar to replay (key "
+                    "matrix_game2.actions)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
     return p
 
 
 # Flags that set one config key each, spelled once: flag (argparse dest) -> key. Flags left out set nothing.
 FLAG_KEYS = {"method": "method", "variant": "variant", "mode": "cache.mode", "Budget": "cache.params.budget",
-             "Recent": "cache.params.recent",
+             "Recent": "cache.params.recent", "actions": "matrix_game2.actions",
              "num_samples": "num_samples", "output_folder": "output_folder", "recache": "recache", "i2v": "i2v",
              "use_ema": "use_ema", "save_with_index": "save_with_index"}
 

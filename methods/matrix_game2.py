@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -121,5 +120,4 @@ def ask_keys(variant: str, stdin=None, stderr=None):
                 return parse_keys(variant, line)
             except ActionInputError as exc:
                 out.write(f"{exc}\n")
-                time.sleep(0)
     return ask

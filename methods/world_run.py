@@ -311,11 +311,7 @@ def _model_files(run: MatrixGame2Run, args, download: bool, stack) -> tuple:
     wanted = [VAE_FILE, CLIP_FILE] + ([] if args.checkpoint_path else [own])
     missing = [f for f in wanted if not (model_dir / f).is_file()]
     if missing and download:
-        from wan.hub import fail_download, fetch_file
-        for name in missing:
-            command = f"`hf download {REPO_ID} {name} --local-dir {quoted_path(model_dir)}`"
-            fetch_file(REPO_ID, name, model_dir, lambda reason, n=name, c=command: fail_download(
-                f"the Matrix-Game 2.0 file {model_dir / n}", reason, c))
+        fetch_release(model_dir, missing)
         missing = [f for f in wanted if not (model_dir / f).is_file()]
     if missing:
         raise CLIError(f"Matrix-Game 2.0 files missing in {model_dir}: {', '.join(missing)}; downloads are off "
@@ -328,3 +324,22 @@ def _model_files(run: MatrixGame2Run, args, download: bool, stack) -> tuple:
 
 
 MatrixGame2Run.model_files = _model_files
+
+
+def release_files(variant: str) -> list[str]:
+    """The files of ``variant``'s release inside the Matrix-Game-2.0 folder: VAE, CLIP, generator."""
+    from .matrix_game2 import CLIP_FILE, VAE_FILE, VARIANTS
+    return [VAE_FILE, CLIP_FILE, VARIANTS[variant].file]
+
+
+def fetch_release(model_dir: Path, names: list[str]) -> list[Path]:
+    """Fetch ``names`` of the hub repository into ``model_dir`` (ModelFilesError with the manual command)."""
+    from wan.hub import fail_download, fetch_file
+    from wan.loading import quoted_path
+    from .matrix_game2 import REPO_ID
+    out = []
+    for name in names:
+        command = f"`hf download {REPO_ID} {name} --local-dir {quoted_path(model_dir)}`"
+        out.append(fetch_file(REPO_ID, name, model_dir, lambda reason, n=name, c=command: fail_download(
+            f"the Matrix-Game 2.0 file {model_dir / n}", reason, c)))
+    return out

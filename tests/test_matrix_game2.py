@@ -185,3 +185,23 @@ def test_strict_loading_of_the_released_file(tmp_path):
         load_world_model(tmp_path / "config.json", tmp_path / "universal.safetensors")
     with pytest.raises(ModelFilesError, match="does not exist"):
         load_world_model(tmp_path / "config.json", tmp_path / "absent.safetensors")
+
+
+def test_conditioning_past_the_encoded_length_repeats_an_exact_frame(tmp_path):
+    """The grey frames' encodings converge: frames past CONDITION_FRAMES repeat the last encoded one exactly (float32,
+    the test VAE reaches equality after about 30 latent frames; the method encodes up to 120)."""
+    from app.demo_model import write_vae
+    from methods.matrix_game2 import CONDITION_FRAMES
+    from wan.vae import WanVAE
+    write_vae(tmp_path)
+    vae = WanVAE.from_model_dir(tmp_path)
+    image = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def encode(T):
+        return vae.encode(torch.cat([image, torch.zeros(1, 4 * (T - 1), 3, 32, 32)], 1))  # [1, T, 16, 4, 4]
+
+    full, short = encode(42), encode(36)
+    assert torch.equal(full[:, :36], short)  # causal: a shorter encode is a prefix of a longer one
+    cond = WorldConditioning(torch.zeros(1, 1, 8), short, None)
+    assert torch.equal(cond.frame_inputs(33, 9), full[:, 33:42])
+    assert CONDITION_FRAMES >= 36

@@ -105,7 +105,7 @@ def meta_runner(meta_models, settings) -> VideoRunner:
     settings = dataclasses.replace(settings, device=META)
     pipe = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
 
-    def seeded_noise(batch, frames, latent_shape, seed, order="upstream"):
+    def seeded_noise(batch, frames, latent_shape, seed, order="upstream", channels_first=False):
         return TensorNoise(torch.randn(batch, frames, *latent_shape, device=META)), noise_source(META, seed)
 
     pipe.seeded_noise = seeded_noise

@@ -5,6 +5,7 @@
     python tools/download_checkpoints.py infinite_forcing                 # checkpoints/infinite_forcing/<file>.pt
     python tools/download_checkpoints.py longlive                         # longlive_models/models/{longlive_base,lora}.pt
     python tools/download_checkpoints.py causal_forcing --variant framewise   # checkpoints/causal_forcing/framewise/...
+    python tools/download_checkpoints.py matrix_game2 --variant gta_drive     # Matrix-Game-2.0/{VAE, CLIP, generator}
 
 The files and where they land are declared by each method (``methods/``), the same the CLI downloads on first use.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import methods  # noqa: E402
-from methods import infinite_forcing, longlive  # noqa: E402
+from methods import infinite_forcing, longlive, matrix_game2, world_run  # noqa: E402
 from utils.errors import CLIError  # noqa: E402
 from wan.loading import ModelFilesError  # noqa: E402
 
@@ -30,6 +31,8 @@ def fetch(name: str, variant: str | None, root: Path) -> list[Path]:
     variant = method.check_variant(variant, "--variant")
     if name == infinite_forcing.InfiniteForcingMethod.name:
         return [infinite_forcing.download(root / infinite_forcing.LOCAL_DIR)]
+    if name == matrix_game2.MatrixGame2.name:
+        return world_run.fetch_release(root / matrix_game2.MODEL_DIR, world_run.release_files(variant))
     ckpt = method.checkpoint(variant)
     target = root / ckpt.local_path
     if name == longlive.LongLive.name:

@@ -246,7 +246,7 @@ def load_clip_vision(path, dtype: torch.dtype = torch.float32, device="cpu") -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {path}. Download {CLIP_CHECKPOINT_FILE} from the hub "
-                                f"repo {HUB_REPO} (huggingface-cli download {HUB_REPO} {CLIP_CHECKPOINT_FILE})")
+                                f"repo {HUB_REPO} (hf download {HUB_REPO} {CLIP_CHECKPOINT_FILE})")
     visual = {k[7:]: v for k, v in _read_state_dict(path).items() if str(k).startswith("visual.")}  # drops textual.*
     cfg = ClipVisionConfig.from_state_dict(visual, source=f"CLIP checkpoint {path}")
     with torch.device("meta"):

@@ -88,7 +88,7 @@ class WorldConditioning:
 
     def frame_inputs(self, start: int, num: int) -> torch.Tensor:
         """Mask + latent of frames [start, start + num) -> [B, num, 20, h, w]; past the encoded length the last
-        encoded frame is repeated (beyond the VAE's temporal reach of the image all frames are the same)."""
+        encoded frame is repeated (the grey frames' encodings converge to one frame, docs/matrix_game2.md)."""
         idx = torch.arange(start, start + num, device=self.frames.device).clamp(max=self.frames.shape[1] - 1)
         return self.frames[:, idx]
 
