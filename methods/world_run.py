@@ -144,6 +144,13 @@ class MatrixGame2Run(MethodRun):
         except (OSError, ValueError):
             data = None
         if isinstance(data, dict) and isinstance(data.get("prompt_switches"), list) and "method" in data:
+            recorded = (data.get("method") or {}).get("variant")
+            if recorded != self.variant:
+                raise ActionInputError(f"sidecar {p} records a {recorded} session; replay it with --variant "
+                                       f"{recorded} (this run is {self.variant})")
+            if len(self.images) == 1 and data["method"].get("image_sha256") not in (None, self.images[0].sha256):
+                logger.warning("sidecar %s was made from another image than %s; its keys are applied to this one",
+                               p, self.images[0].path)
             keys = [s.get("keys") for s in data["prompt_switches"]]
             if len(keys) * 3 < self.num_frames:
                 raise ActionInputError(f"sidecar {p} records {len(keys)} chunks of keys; {self.num_frames} latent "

@@ -152,3 +152,10 @@ def test_missing_files_offline_name_the_command(tmp_path, image, capsys, monkeyp
                            "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "hf download Skywork/Matrix-Game-2.0 Wan2.1_VAE.pth" in err and err.count("\n") == 1
+
+
+def test_replaying_a_sidecar_of_another_variant_is_refused(tmp_path, image, capsys, monkeypatch):
+    assert run(tmp_path, image, "--interactive", stdin="w i\nd l\n", monkeypatch=monkeypatch) == 0
+    (record,) = (tmp_path / "out").glob("*.json")
+    assert run(tmp_path, image, "--variant", "gta_drive", f"matrix_game2.actions={record}") == 2
+    assert "replay it with --variant universal" in capsys.readouterr().err
