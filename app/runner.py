@@ -162,13 +162,19 @@ class VideoRunner:
         model_dir, checkpoint = settings.model_dir, settings.checkpoint
         if settings.download:
             model_dir, checkpoint = ensure_model_files(model_dir, checkpoint, download=True)
+        own = settings.method_run.load_models(settings)  # a method with its own conditioning (image + actions)
+        if own is None:
+            conditioner, (text_encoder, model, vae) = None, cls.load_text_models(settings, model_dir, checkpoint)
+        else:
+            (conditioner, model, vae), text_encoder = own, None
+        pipeline = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
+        logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
+        return cls(settings, text_encoder, model, vae, pipeline, progress=progress, conditioner=conditioner)
+
+    @staticmethod
+    def load_text_models(settings: RunSettings, model_dir: Path, checkpoint: Path) -> tuple:
+        """(text encoder, generator with the method's LoRA merged, VAE) of a text-conditioned method."""
         device, dtype = settings.device, settings.dtype
-        own = settings.method_run.load_models(settings)
-        if own is not None:  # a method with its own conditioning (e.g. image + actions)
-            conditioner, model, vae = own
-            pipeline = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
-            logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
-            return cls(settings, None, model, vae, pipeline, progress=progress, conditioner=conditioner)
         offload = should_offload_text_encoder(device)
         logger.info("loading models from %s and %s on %s (%s)%s", model_dir, checkpoint, device, dtype_name(dtype),
                     ", text encoder offloaded to the CPU" if offload else "")
@@ -180,10 +186,7 @@ class VideoRunner:
             merge_lora(model, resolve_path(lora.path), lora.alpha, lora.rank)
         if settings.compile:
             model.compile_blocks()
-        vae = WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
-        pipeline = Rollout(model, settings.rollout, settings.policy, loop=settings.loop, recache=settings.recache)
-        logger.info("models ready in %.1f s; cache %s", time.perf_counter() - t0, settings.cache)
-        return cls(settings, text_encoder, model, vae, pipeline, progress=progress)
+        return text_encoder, model, WanVAE.from_model_dir(model_dir, dtype=dtype, device=device)
 
     def _sync(self) -> None:
         """Wait for queued GPU work so timings are real (once per video and at a prompt switch, never per block)."""
@@ -278,7 +281,7 @@ class VideoRunner:
         t0 = time.perf_counter()
         embeds = self.encode(job)
         self._sync()
-        t["text_encoder"] = time.perf_counter() - t0
+        t["text_encoder" if self.conditioner is None else "conditioning"] = time.perf_counter() - t0
         t.update(rollout=0.0, decode=0.0, write=0.0)
         switcher = self.switcher(job, live, t)
         image = None if s.image is None else s.image.latent(self.vae, s.height, s.width, s.num_samples)

@@ -203,6 +203,9 @@ class MatrixGame2Run(MethodRun):
         from wan.world_model import load_world_model
         from .matrix_game2 import CLIP_FILE
         device, dtype = settings.device, settings.dtype
+        if settings.compile:
+            logger.warning("--compile is not available for matrix_game2 (its action caches are updated inside the "
+                           "blocks); running eager")
         model = load_world_model(self.model_config, settings.checkpoint, dtype, device)
         try:
             clip = load_clip_vision(settings.model_dir / CLIP_FILE, dtype, device)
