@@ -214,7 +214,12 @@ class MatrixGame2Run(MethodRun):
         if clip.config.dim != model.world.clip_dim:
             raise ModelFilesError(f"{settings.model_dir / CLIP_FILE} gives image tokens of width {clip.config.dim}, the "
                                   f"model's img_emb takes {model.world.clip_dim}; use the files of one release.")
-        vae = WanVAE.from_model_dir(settings.model_dir, dtype=dtype, device=device)
+        # as released in bf16: the VAE's weights and mean/std pass through fp16 on their way (fp32 -> fp16 -> bf16)
+        release = torch.float16 if dtype == torch.bfloat16 else dtype
+        vae = WanVAE.from_model_dir(settings.model_dir, dtype=release, device=device)
+        if release != dtype:
+            vae.model.to(dtype)
+            vae.latents_mean, vae.latents_std = (t.half().float() for t in (vae.latents_mean, vae.latents_std))
         return WorldConditioner(self, clip, vae, device, dtype, settings.num_samples), model, vae
 
 
