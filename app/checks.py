@@ -323,6 +323,9 @@ def prompt_jobs(args, loaded: LoadedConfig, method_run, schedule, data_path: str
     from .prompts import PromptJob
     jobs = method_run.jobs()
     if jobs is not None:
+        if schedule and method_run.interactive_input:
+            raise CLIError(f"--prompt_schedule switches text prompts, but method {loaded.cfg.method} has no prompt "
+                           f"(its --interactive input is its own, per chunk); drop --prompt_schedule.")
         if schedule or (args.interactive and not method_run.interactive_input):
             raise CLIError(f"{loaded.origin('method')}: method {loaded.cfg.method} switches prompts from its own "
                            f"input ({data_path}); it cannot be combined with --prompt_schedule or --interactive; use "

@@ -287,6 +287,9 @@ def resolve_world_run(method, ctx) -> MatrixGame2Run:
     if ctx.image is None:
         raise CLIError("matrix_game2 generates a video from an image: pass --image PATH (an image file, or a folder "
                        "of images for one video each).")
+    if cfg.i2v:
+        raise CLIError(f"i2v (from {ctx.origin('i2v')}) is the image-to-video mode of frame-wise text models; "
+                       f"matrix_game2 is always conditioned on --image: drop --i2v.")
     if ctx.interactive and section.actions != "bench":
         raise CLIError(f"--interactive reads the actions from stdin, but matrix_game2.actions={section.actions!r} "
                        f"(from {ctx.origin('matrix_game2.actions')}) names a file too; use one of them.")

@@ -90,12 +90,16 @@ def test_released_yaml_selects_method_and_variant(tmp_path, capsys):
     (["--image", "/nonexistent/x.png"], "does not exist"),
     (["--variant", "minecraft"], "not a variant"),
     (["--endless", "--interactive"], "--num_output_frames"),
+    (["--i2v"], "drop --i2v"),
+    (["--prompt_schedule", "schedule.jsonl"], "drop --prompt_schedule"),
     (["--variant", "templerun", "matrix_game2.model_config=configs/matrix_game2/distilled_model/universal"],
      "another variant's config"),
     (["--checkpoint_path", "Matrix-Game-2.0/gta_distilled_model/gta_keyboard2dim.safetensors", "--wan_model_dir",
       "Matrix-Game-2.0", "--no_download"], "gta_drive model"),
 ])
-def test_bad_input_is_one_paragraph(tmp_path, image, capsys, flags, message):
+def test_bad_input_is_one_paragraph(tmp_path, image, capsys, flags, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "schedule.jsonl").write_text('{"start": 0, "prompt": "a road"}\n')
     code = inference.main(["--method", "matrix_game2", "--demo", "--image", str(image), "--output_folder",
                            str(tmp_path / "out"), "--num_output_frames", "6", *flags])
     err = capsys.readouterr().err
