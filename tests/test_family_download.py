@@ -55,7 +55,8 @@ def test_infinite_forcing_unreachable_gives_the_manual_command(tmp_path, online,
 
 def test_tool_offline_exits_2_with_one_paragraph(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
-    for args in (["infinite_forcing"], ["longlive"], ["self_forcing"], ["causal_forcing", "--variant", "framewise"]):
+    for args in (["infinite_forcing"], ["longlive"], ["self_forcing"], ["causal_forcing", "--variant", "framewise"],
+                 ["matrix_game2", "--variant", "gta_drive"]):
         r = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "download_checkpoints.py"), *args, "--root",
                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2, r.stderr
