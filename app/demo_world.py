@@ -26,7 +26,7 @@ class TinyWorld:
 
 def tiny_world_config(variant: str, local_attn_size: int | None = None) -> dict:
     """A released-layout ``config.json`` dict with tiny sizes and ``variant``'s action layout."""
-    from methods.matrix_game2 import VARIANTS
+    from methods.matrix_game2 import shipped_config
     from methods.world_actions import get_variant
     spec = get_variant(variant)
     action = {"blocks": [0, 1], "enable_keyboard": True, "enable_mouse": spec.has_mouse, "heads_num": 2,
@@ -35,7 +35,8 @@ def tiny_world_config(variant: str, local_attn_size: int | None = None) -> dict:
               "rope_theta": 256, "vae_time_compression_ratio": 4, "windows_size": 3}
     if spec.has_mouse:
         action.update(mouse_dim_in=2, mouse_hidden_dim=64, mouse_qk_dim_list=[8, 12, 12])
-    window = VARIANTS[variant].window if local_attn_size is None else local_attn_size
+    released = json.loads(shipped_config(variant).read_text(encoding="utf-8"))["local_attn_size"]
+    window = released if local_attn_size is None else local_attn_size
     return {"_class_name": "CausalWanModel", "_diffusers_version": "0.35.0.dev0", "action_config": action,
             "dim": 64, "eps": 1e-6, "ffn_dim": 128, "freq_dim": 32, "in_dim": 36, "inject_sample_info": False,
             "local_attn_size": window, "model_type": "i2v", "num_heads": 2, "num_layers": 3, "out_dim": 16,

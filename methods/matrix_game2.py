@@ -1,6 +1,6 @@
 """Matrix-Game 2.0: the interactive world model (hub ``Skywork/Matrix-Game-2.0``), conditioned on an image and actions.
 
-| variant | file (under Matrix-Game-2.0/) | keyboard | mouse | window | steps |
+| variant | file (under Matrix-Game-2.0/) | keyboard | mouse | window (config.json) | steps |
 |---|---|---|---|---|---|
 | universal | base_distilled_model/base_distill.safetensors | 4 | yes | 6 | 1000, 666, 333 |
 | gta_drive | gta_distilled_model/gta_keyboard2dim.safetensors | 2 | yes | 4 | 1000, 666, 333 |
@@ -36,17 +36,16 @@ CONDITION_FRAMES = 120  # latent frames of image conditioning encoded at most; l
 
 @dataclass(frozen=True)
 class Variant:
-    """One released variant: its generator file, trained window and step list."""
+    """One released variant: its generator file and step list (its window is its config.json's)."""
 
     file: str
-    window: int
     steps: tuple[int, ...]
 
 
 VARIANTS = {
-    "universal": Variant("base_distilled_model/base_distill.safetensors", 6, (1000, 666, 333)),
-    "gta_drive": Variant("gta_distilled_model/gta_keyboard2dim.safetensors", 4, (1000, 666, 333)),
-    "templerun": Variant("templerun_distilled_model/templerun_7dim_onlykey.safetensors", 6, (1000, 750, 500, 250)),
+    "universal": Variant("base_distilled_model/base_distill.safetensors", (1000, 666, 333)),
+    "gta_drive": Variant("gta_distilled_model/gta_keyboard2dim.safetensors", (1000, 666, 333)),
+    "templerun": Variant("templerun_distilled_model/templerun_7dim_onlykey.safetensors", (1000, 750, 500, 250)),
 }
 
 
@@ -77,9 +76,13 @@ class MatrixGame2(Method):
     model_dir = MODEL_DIR
 
     def defaults(self, variant: str | None) -> dict:
-        """The variant's steps and window, 352x640 at 12 fps, 150 latent frames (as released)."""
-        v = VARIANTS[variant or self.default_variant]
-        return {"mode": "self_forcing", "model_kwargs": {"local_attn_size": v.window, "sink_size": 0},
+        """The variant's steps, its config.json's window and sink, 352x640 at 12 fps, 150 latent frames (as
+        released)."""
+        import json
+        variant = variant or self.default_variant
+        v, config = VARIANTS[variant], json.loads(shipped_config(variant).read_text(encoding="utf-8"))
+        window = {k: config[k] for k in ("local_attn_size", "sink_size")}
+        return {"mode": "self_forcing", "model_kwargs": window,
                 "denoising_step_list": list(v.steps), "warp_denoising_step": True, "num_frame_per_block": 3,
                 "context_noise": 0, "height": 352, "width": 640, "fps": 12.0, "num_output_frames": 150}
 

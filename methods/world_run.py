@@ -298,8 +298,9 @@ def resolve_world_run(method, ctx) -> MatrixGame2Run:
     trained = data.get("local_attn_size")
     window = cfg.cache.params.get("local_attn_size")
     if trained not in (None, -1) and window != trained:
-        logger.warning("cache window local_attn_size=%s differs from the %s model's trained window %s (%s)",
-                       window, variant, trained, config)
+        logger.warning("cache window local_attn_size=%s differs from the %s model's trained window %s (%s; set "
+                       "model_kwargs.local_attn_size=%s for the released window)", window, variant, trained, config,
+                       trained)
     images = world_images(ctx.image)
     try:
         return MatrixGame2Run(variant, images, section.actions, ctx.seed, ctx.num_frames, cfg.height, cfg.width,
