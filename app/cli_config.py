@@ -421,12 +421,12 @@ def method_layer(layers: list[Layer], checkpoint: str | None) -> Layer:
 def load_config(config_path: str | Path | None = None, overrides: list[str] = (), flags: list[Layer] = (),
                 demo: Layer | None = None, checkpoint: str | None = None) -> LoadedConfig:
     """Method defaults <- ``config_path`` <- ``demo`` <- ``flags`` <- ``overrides``, merged and checked."""
+    from methods.base import get_method
     layers = [read_yaml(Path(config_path))] if config_path is not None else []
     layers += [demo] if demo is not None else []
     layers += list(flags) + [override_layer(item) for item in overrides]
     base = method_layer(layers, checkpoint)
-    from methods.base import get_method
-    method = get_method(base.values["method"])
+    method = get_method(base.values["method"])  # a released YAML's keys may mean something else in its method
     layers = [Layer(x.label, method.release_values(x.values)) if x.label.startswith("config file") else x
               for x in layers]
     loaded = merge_layers([base, *layers])

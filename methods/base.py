@@ -111,7 +111,6 @@ class MethodRun:
         return None
 
 
-
 class Method:
     """Base method: the common chunk loop, no section, no files; subclasses set ``name`` and what differs."""
 
