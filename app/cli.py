@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "instead of the prompt, which still names the file")
     up.add_argument("--output_folder", default=None, help="where videos go (key output_folder; default output/, "
                     "--demo: output/demo)")
-    up.add_argument("--num_output_frames", type=int, default=None, help=f"latent frames T, a multiple of the chunk "
+    up.add_argument("--num_output_frames", "--max_num_output_frames", type=int, default=None,
+                    help=f"latent frames T, a multiple of the chunk "
                     f"size (default {frames} = {video_frames(frames)} video frames); the video has 4T-3")
     up.add_argument("--use_ema", action="store_true", default=None, help="use the checkpoint's generator_ema "
                     "weights (key use_ema)")

@@ -262,6 +262,20 @@ def _check_layer(layer: Layer) -> None:
                            f"{key}.sink_size=10 on the command line), got {node[leaf]!r}.")
 
 
+def shipped_copy(path: Path) -> Path:
+    """``path``, or the shipped copy of a released config given by its path in the family's repository
+    (``configs/inference_yaml/inference_universal.yaml`` -> ``configs/matrix_game2/inference_yaml/...``)."""
+    parts = path.parts
+    if path.exists() or len(parts) < 2 or parts[0] != "configs":
+        return path
+    rest = parts[1:]
+    found = [f for f in CONFIGS_DIR.rglob(rest[-1]) if f.parts[-len(rest):] == rest]
+    if len(found) != 1:
+        return path
+    logger.info("%s is shipped as %s", path, found[0])
+    return found[0]
+
+
 def read_yaml(path: Path) -> Layer:
     """A config file as a layer, training-only keys dropped; errors name the file."""
     try:
@@ -422,7 +436,7 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
                 demo: Layer | None = None, checkpoint: str | None = None) -> LoadedConfig:
     """Method defaults <- ``config_path`` <- ``demo`` <- ``flags`` <- ``overrides``, merged and checked."""
     from methods.base import get_method
-    layers = [read_yaml(Path(config_path))] if config_path is not None else []
+    layers = [read_yaml(shipped_copy(Path(config_path)))] if config_path is not None else []
     layers += [demo] if demo is not None else []
     layers += list(flags) + [override_layer(item) for item in overrides]
     base = method_layer(layers, checkpoint)

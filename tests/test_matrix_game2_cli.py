@@ -163,3 +163,12 @@ def test_replaying_a_sidecar_of_another_variant_is_refused(tmp_path, image, caps
     (record,) = (tmp_path / "out").glob("*.json")
     assert run(tmp_path, image, "--variant", "gta_drive", f"matrix_game2.actions={record}") == 2
     assert "replay it with --variant universal" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("released,method", [("configs/inference_yaml/inference_templerun.yaml", "matrix_game2"),
+                                             ("configs/longlive_inference.yaml", "longlive"),
+                                             ("configs/causal_forcing_dmd_framewise.yaml", "causal_forcing")])
+def test_released_config_paths_find_their_shipped_copies(tmp_path, monkeypatch, capsys, released, method):
+    monkeypatch.chdir(tmp_path)  # the family's repositories' paths, relative to a checkout of theirs
+    assert inference.main(["--config_path", released, "--print_config"]) == 0
+    assert f"method: {method}" in capsys.readouterr().out
