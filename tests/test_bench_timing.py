@@ -48,3 +48,14 @@ def test_stop_max_blocks_and_around_hooks():
     assert len(run.blocks) == 3 and run.stopped == "max_blocks"
     s = summary(run)
     assert s["steady"] is None and s["first_frame_latency_s"] is None and "fps_with_post" not in s["all"]
+
+
+def test_world_bench_smoke(tmp_path):
+    """bench.world --tiny: every cache mode over the three caches runs and reports its blocks by cache event."""
+    import json
+    from bench.world import main
+    assert main(["--tiny", "--latent-frames", "12", "--out", str(tmp_path / "w.json")]) == 0
+    figures = json.loads((tmp_path / "w.json").read_text())
+    assert set(figures["modes"]) == {"self_forcing", "deep_sink", "deep_sink_pc"}
+    assert all(m["blocks"] == 4 and m["all"]["fps_dit"] > 0 for m in figures["modes"].values())
+    assert "evict" in figures["modes"]["self_forcing"]["kinds"]
