@@ -152,6 +152,11 @@ class MatrixGame2Run(MethodRun):
                 logger.warning("sidecar %s was made from another image than %s; its keys are applied to this one",
                                p, self.images[0].path)
             keys = [s.get("keys") for s in data["prompt_switches"]]
+            if not keys:
+                seed = (data.get("method") or {}).get("actions", {})
+                raise ActionInputError(f"sidecar {p} records no keys: it is not of an --interactive session; its "
+                                       f"actions were {seed!r} (replay a benchmark draw with --actions bench --seed "
+                                       f"{data.get('seed')})")
             if len(keys) * 3 < self.num_frames:
                 raise ActionInputError(f"sidecar {p} records {len(keys)} chunks of keys; {self.num_frames} latent "
                                        f"frames need {-(-self.num_frames // 3)}; pass --num_output_frames "

@@ -172,3 +172,17 @@ def test_released_config_paths_find_their_shipped_copies(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)  # the family's repositories' paths, relative to a checkout of theirs
     assert inference.main(["--config_path", released, "--print_config"]) == 0
     assert f"method: {method}" in capsys.readouterr().out
+
+
+def test_a_bench_sidecar_is_not_a_key_record(tmp_path, image, capsys):
+    assert run(tmp_path, image) == 0
+    (record,) = (tmp_path / "out").glob("*.json")
+    assert run(tmp_path, image, f"matrix_game2.actions={record}", "--overwrite") == 2
+    assert "--actions bench --seed 1356145" in capsys.readouterr().err
+
+
+def test_gta_drive_demo_with_typed_keys(tmp_path, image, monkeypatch):
+    assert run(tmp_path, image, "--variant", "gta_drive", "--interactive", stdin="w a\n\nbad\ns d\n",
+               monkeypatch=monkeypatch) == 0
+    assert [s["keys"] for s in sidecar(tmp_path)["prompt_switches"]] == ["w a", "q"]
+    assert sidecar(tmp_path)["cache"]["window_frames"] == 4
