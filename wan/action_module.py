@@ -133,12 +133,12 @@ def action_windows(actions: torch.Tensor, start_frame: int, num_frames: int, rat
     Latent frame f reads pixel frames ``ratio*f - window`` .. ``ratio*f - 1``, clamped to 0 from below.
     """
     first = ratio * start_frame - window
-    idx = torch.arange(num_frames, device=actions.device)[:, None] * ratio + torch.arange(window, device=actions.device)
-    idx = (idx + first).clamp(min=0)  # [num_frames, window]
-    if int(idx.max()) >= actions.shape[1]:
+    needed = max(0, ratio * (start_frame + num_frames - 1) - 1) + 1  # pixel frames read, from host integers
+    if needed > actions.shape[1]:
         raise ValueError(f"actions cover {actions.shape[1]} pixel frames; latent frames {start_frame}.."
-                         f"{start_frame + num_frames - 1} need {int(idx.max()) + 1}")
-    return actions[:, idx]  # [B, num_frames, window, A]
+                         f"{start_frame + num_frames - 1} need {needed}")
+    idx = torch.arange(num_frames, device=actions.device)[:, None] * ratio + torch.arange(window, device=actions.device)
+    return actions[:, (idx + first).clamp(min=0)]  # [B, num_frames, window, A]
 
 
 class ActionModule(nn.Module):
