@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "recomputes every cached frame at its position; a method may register its own (README 'Prompt "
                       "switches'); default: the method's own (off for most)")
     long.add_argument("--recache_on_switch", action="store_true", help="the same as --recache ours")
-    cf = p.add_argument_group("image-to-video (Causal Forcing frame-wise models)")
+    cf = p.add_argument_group("image inputs (Causal Forcing frame-wise image-to-video; Matrix-Game 2.0)")
     cf.add_argument("--i2v", action="store_true", default=None, help="image-to-video (key i2v): --image is the first "
                     "frame of every video, the prompts describe the motion; needs num_frame_per_block=1")
     cf.add_argument("--image", "--img_path", default=None, metavar="PATH", help="the first frame (PNG, JPEG, ...), "
