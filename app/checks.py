@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from methods.base import mode_variants
 from pipeline.policies import CachePolicy, CachePolicyError, build_policy, policy_class, policy_parameters
 from pipeline.rollout import RolloutConfig
 from utils.frames import video_frames
@@ -31,6 +32,7 @@ from .schedule import ChunkClock, latent_frames_for_seconds
 logger = logging.getLogger(__name__)
 
 OFFLINE_VALUES = {"1", "true", "yes", "on"}
+MEMORY_SHARE = 0.5  # of the free memory, for the allocations that grow with the video length
 
 
 def check_flags(args, dist: DistEnv) -> None:
@@ -38,9 +40,14 @@ def check_flags(args, dist: DistEnv) -> None:
     if args.seconds is not None and args.num_output_frames is not None:
         raise CLIError(f"--seconds {args.seconds:g} and --num_output_frames {args.num_output_frames} both set the "
                        f"video length; pass only one of them.")
-    if args.is_ds_only == 1 and args.mode not in (None, "deep_sink"):
+    owner = mode_variants().get(args.mode)
+    if args.is_ds_only == 1 and args.mode not in (None, "deep_sink") and owner is None:
         raise CLIError(f"--is_ds_only 1 asks for Deep Sink alone but --mode is {args.mode}; drop one of the two "
                        f"flags.")
+    if owner is not None and (args.method not in (None, owner) or args.variant not in (None, args.mode)):
+        given = f"--method {args.method}" if args.method not in (None, owner) else f"--variant {args.variant}"
+        raise CLIError(f"--mode {args.mode} names the {owner} variant {args.mode}, but {given} asks for another; "
+                       f"pass only one of them.")
     if args.prompt_schedule is not None:
         for flag, value in (("--data_path", args.data_path), ("--extended_prompt_path", args.extended_prompt_path),
                             ("--interactive", args.interactive)):
@@ -115,7 +122,8 @@ def run_options(args, cfg, num_frames: int | None) -> dict:
     return dict(overwrite=args.overwrite, demo=args.demo, seconds=cfg.seconds,
                 noise_order=args.noise_order or ("chunked" if num_frames is None else "upstream"),
                 save_latents=bool(args.save_latents), interactive=bool(args.interactive),
-                trust_checkpoint=bool(args.trust_checkpoint), compile=bool(args.compile))
+                trust_checkpoint=bool(args.trust_checkpoint), compile=bool(args.compile),
+                report_timing=bool(args.report_timing))
 
 
 def model_folder(args) -> Path | None:
@@ -181,22 +189,23 @@ def free_bytes(device: torch.device) -> int:
 
 def check_memory(loaded: LoadedConfig, T: int | None, latent_shape: tuple, dtype: torch.dtype,
                   device: torch.device, noise_order: str, save_latents: bool) -> None:
-    """Allocations that grow with the video length must fit: upstream's initial noise, --save_latents' copies."""
+    """Allocations that grow with the video length must fit in ``MEMORY_SHARE`` of the free memory (the models,
+    the cache and decoding need the rest): upstream's initial noise, --save_latents' copies."""
     if T is None:
         return
     length = loaded.origin("seconds" if loaded.cfg.seconds is not None else "num_output_frames")
     per_frame = loaded.cfg.num_samples * math.prod(latent_shape) * dtype.itemsize   # bytes of one latent frame
-    gb = 2 ** 30
-    if noise_order == "upstream" and T * per_frame > free_bytes(device):
-        raise CLIError(f"{length}: {T} latent frames need {T * per_frame / gb:.1f} GiB of initial noise drawn before "
-                       f"the first chunk (--noise_order upstream, the released order), but {device} has "
-                       f"{free_bytes(device) / gb:.1f} GiB free. Use --noise_order chunked (each chunk's noise is "
-                       f"drawn just before it: memory independent of length, other random numbers) or a shorter "
-                       f"video.")
-    if save_latents and T * per_frame > psutil.virtual_memory().available:
-        raise CLIError(f"{length}: --save_latents keeps {T} latent frames ({T * per_frame / gb:.1f} GiB) in memory "
-                       f"until the video ends, more than the {psutil.virtual_memory().available / gb:.1f} GiB "
-                       f"available; drop --save_latents or render a shorter video.")
+    gb, need = 2 ** 30, T * per_frame
+    if noise_order == "upstream" and need > MEMORY_SHARE * free_bytes(device):
+        raise CLIError(f"{length}: {T} latent frames need {need / gb:.1f} GiB of initial noise drawn before the "
+                       f"first chunk (--noise_order upstream, the released order), more than half of the "
+                       f"{free_bytes(device) / gb:.1f} GiB free on {device}. Use --noise_order chunked (each chunk's "
+                       f"noise is drawn just before it: memory independent of length, other random numbers) or a "
+                       f"shorter video.")
+    if save_latents and need > MEMORY_SHARE * free_bytes(torch.device("cpu")):
+        raise CLIError(f"{length}: --save_latents keeps {T} latent frames ({need / gb:.1f} GiB) in memory until the "
+                       f"video ends, more than half of the {free_bytes(torch.device('cpu')) / gb:.1f} GiB available; "
+                       f"drop --save_latents or render a shorter video.")
 
 
 def check_output_folder(folder: Path) -> None:

@@ -37,7 +37,7 @@ from utils.frames import video_frames
 logger = logging.getLogger("inference")
 
 DEFAULT_SEED = 1356145
-EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_IO = 2, 130, 143, 1
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_FAILED = 2, 130, 143, 1
 
 
 class Terminated(KeyboardInterrupt):
@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "torchrun; cpu with --demo)")
     ours.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default bf16 on CUDA, "
                       "fp32 on CPU")
-    ours.add_argument("--mode", default=None, choices=registered_modes(), help="cache mode (key mode; default: "
-                      f"the method's, {CacheConfig.mode} for deep_forcing, or deep_sink with --is_ds_only 1)")
+    ours.add_argument("--mode", default=None, choices=(*registered_modes(), *methods.mode_variants()),
+                      help=f"cache mode (key mode; default: the method's, {CacheConfig.mode} for deep_forcing, or "
+                      "deep_sink with --is_ds_only 1); a Matrix-Game 2.0 variant name (universal, gta_drive, "
+                      "templerun) selects that variant instead, as the mode key of its released YAMLs")
     ours.add_argument("--print_config", action="store_true", help="print the merged config as YAML and exit")
     ours.add_argument("--demo", action="store_true", help="no weights needed: build a tiny random model and render "
                       "the demo prompts on CPU in seconds (noise videos, real pipeline)")
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "objects (weights_only=False: this runs code from the file); only for files you trust")
     ours.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first chunk)")
     ours.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    ours.add_argument("--report_timing", action="store_true", help="log each video's seconds per stage (text "
+                      "encoder or conditioning, rollout, decode, write, total) when it is written; the sidecar "
+                      "records them always (Causal Forcing's flag)")
     long = p.add_argument_group("long videos and prompt switches")
     long.add_argument("--seconds", type=float, default=None, help="video length in seconds instead of "
                       "--num_output_frames: the smallest multiple T of the chunk size with 4T-3 >= seconds * fps")
@@ -158,8 +163,13 @@ def nested(key: str, value) -> dict:
 def flag_layers(args) -> list[Layer]:
     """The flags that set config keys, one layer each (so messages name the flag)."""
     out = [Layer("--is_ds_only 1", {"cache": {"mode": "deep_sink"}})] if args.is_ds_only == 1 else []
+    owner = methods.mode_variants().get(args.mode)
+    if owner is not None:  # --mode universal: a variant, as Matrix-Game 2.0's YAML key mode
+        out.append(Layer(f"--mode {args.mode}", {"method": owner, "variant": args.mode}))
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
+        if flag == "mode" and owner is not None:
+            continue
         if value is not None and value is not False:
             out.append(Layer(f"--{flag}" + ("" if value is True else f" {value}"), nested(key, value)))
     if args.recache_on_switch and args.recache is None:
@@ -240,6 +250,9 @@ def run(settings, runner=None, stdin=None) -> int:
                 written.extend(result.written)
                 for path in result.written:
                     logger.info("wrote %s (%.1f s)", path, result.timings["total"])
+                if settings.options.get("report_timing"):
+                    logger.info("timing of prompt %d: %s", job.index,
+                                ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
     except KeyboardInterrupt as exc:
         logger.warning("%s: %d video(s) finished in this run, %d before; any partial file was removed. Rerun the "
                        "same command to continue where it stopped.",
@@ -248,9 +261,23 @@ def run(settings, runner=None, stdin=None) -> int:
     except OSError as exc:
         logger.error("could not write the outputs (%s); %d video(s) finished in this run are complete. Fix the "
                      "problem (disk space, permissions) and rerun the same command.", exc, len(written))
-        return EXIT_IO
+        return EXIT_FAILED
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        logger.error("out of memory while rendering (%s); %d video(s) finished in this run are complete and any "
+                     "partial file was removed. Use --noise_order chunked, fewer --num_samples, a smaller size or a "
+                     "smaller cache window (model_kwargs.local_attn_size), then rerun the same command.",
+                     str(exc).strip().splitlines()[0][:200], len(written))
+        return EXIT_FAILED
     logger.info("done: %d video(s) written, %d already finished", len(written), finished)
     return 0
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA out of memory, or the CPU allocator's)."""
+    import torch
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 def _raise_terminated(signum, frame):

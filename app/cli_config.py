@@ -289,6 +289,9 @@ def read_yaml(path: Path) -> Layer:
                        f"--config_path.") from None
     try:
         data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise CLIError(f"Config file {path} uses a YAML tag that safe loading refuses ({exc.problem}; only plain "
+                       f"data is read, nothing in the file is executed). Remove the tag.") from None
     except yaml.YAMLError as exc:
         raise CLIError(f"Config file {path} is not valid YAML ({' '.join(str(exc).split())}). Fix the syntax or "
                        f"use a shipped config.") from None
@@ -400,33 +403,34 @@ def check_values(loaded: LoadedConfig) -> None:
                            f"{loaded.spell(key)}; make them equal or remove {alias}.")
 
 
-def select_method(layers: list[Layer], checkpoint: str | None) -> tuple[str, str | None, str]:
-    """(method, variant, label): the last layer that names them, else what the YAML or checkpoint path stands for."""
+def select_method(layers: list[Layer], checkpoint: str | None) -> tuple[str, str | None, str, str]:
+    """(method, variant, method label, variant label): the last layer that names each, else what the YAML or
+    checkpoint path stands for."""
     from methods.base import detect_method
     method = variant = None
-    label = "default"
+    label = variant_label = "default"
     for layer in layers:
         if layer.values.get("method") is not None:
             method, label = layer.values["method"], layer.label
         if layer.values.get("variant") is not None:
-            variant = layer.values["variant"]
+            variant, variant_label = layer.values["variant"], layer.label
     if method is None:
         yaml_values = next((layer.values for layer in layers if layer.label.startswith("config file")), {})
         method, detected = detect_method(yaml_values, checkpoint)
         variant = variant or detected
         label = "detected from the config / checkpoint" if detected or method != "deep_forcing" else "default"
-    return method, variant, label
+    return method, variant, label, label if variant_label == "default" else variant_label
 
 
 def method_layer(layers: list[Layer], checkpoint: str | None) -> Layer:
     """The selected method's defaults for its variant, as the layer under every other one."""
     from methods.base import get_method
-    name, variant, label = select_method(layers, checkpoint)
+    name, variant, label, variant_label = select_method(layers, checkpoint)
     try:
         method = get_method(name)
     except CLIError as exc:
         raise CLIError(f"{label}: {exc}") from None
-    variant = method.check_variant(variant, label)
+    variant = method.check_variant(variant, variant_label)
     values = translate(method.defaults(variant))
     values.update(method=name, variant=variant)
     return Layer(f"method {name}" + (f" ({variant})" if variant else ""), values)

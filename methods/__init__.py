@@ -7,4 +7,4 @@ from . import base  # noqa: F401
 from . import (deep_forcing, self_forcing, longlive, infinite_forcing, causal_forcing, rolling_forcing,  # noqa: F401
                matrix_game2)
 from .base import (DEFAULT_METHOD, METHODS, CheckpointFile, Method, MethodContext, MethodRun,  # noqa: F401
-                   detect_method, get_method, method_names)
+                   detect_method, get_method, method_names, mode_variants)

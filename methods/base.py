@@ -124,6 +124,7 @@ class Method:
     recache: ClassVar[str] = "off"
     conditioning: ClassVar[str] = "text"
     noise_channels_first: ClassVar[bool] = False  # the released code draws its noise as [B, C, T, H, W]
+    variant_key: ClassVar[str | None] = None  # the flat key its released YAMLs (and --mode) name the variant with
 
     def __init_subclass__(cls, **kwargs):
         """Register a subclass under its own ``name``."""
@@ -150,8 +151,11 @@ class Method:
         return False
 
     def release_values(self, values: dict) -> dict:
-        """A released YAML's values with keys that mean something else in this method renamed (default: as is)."""
-        return values
+        """A released YAML's values with ``variant_key`` (when it names a variant) renamed to ``variant``."""
+        key = self.variant_key
+        if key is None or values.get(key) not in self.variants:
+            return values
+        return {**{k: v for k, v in values.items() if k != key}, "variant": values[key]}
 
     def variant_for(self, values: dict, checkpoint: str | None) -> str | None:
         """The variant a YAML's values or a checkpoint path stands for (None: not recognised)."""
@@ -226,6 +230,11 @@ class Method:
 def method_names() -> tuple[str, ...]:
     """The registered methods, in registration order."""
     return tuple(METHODS)
+
+
+def mode_variants() -> dict[str, str]:
+    """Variant -> method, for the methods whose released YAMLs name the variant ``mode`` (``--mode universal``)."""
+    return {variant: name for name, cls in METHODS.items() if cls.variant_key == "mode" for variant in cls.checkpoints}
 
 
 def get_method(name: str) -> Method:

@@ -293,8 +293,8 @@ class LongLive(Method):
     def resolve(self, ctx: MethodContext) -> LongLiveRun:
         """Check LoRA, adapter and the interactive prompts before any model is loaded."""
         sec, origin = ctx.section, ctx.origin
-        lora = lora_settings(sec.lora_ckpt, sec.adapter,
-                             origin("longlive.lora_ckpt" if sec.lora_ckpt is not None else "longlive.adapter"))
+        lora = lora_settings(sec.lora_ckpt, sec.adapter,  # what is checked is the adapter (and its lora_ckpt)
+                             origin("longlive.adapter" if sec.adapter is not None else "longlive.lora_ckpt"))
         if ctx.demo and lora is not None and not resolve_path(lora.path).is_file():
             logger.info("--demo: the LoRA %s is not merged (the demo's tiny random model has none)", lora.path)
             lora = None

@@ -73,6 +73,7 @@ class MatrixGame2(Method):
     default_variant = "universal"
     conditioning = "image+actions"
     noise_channels_first = True
+    variant_key = "mode"  # released YAMLs: ``mode: universal``; so is ``--mode universal``
     model_dir = MODEL_DIR
 
     def defaults(self, variant: str | None) -> dict:
@@ -93,13 +94,6 @@ class MatrixGame2(Method):
     def variant_for(self, values: dict, checkpoint: str | None) -> str | None:
         """The YAML's ``mode``, else the checkpoint file's variant."""
         return values.get("mode") if values.get("mode") in VARIANTS else super().variant_for(values, checkpoint)
-
-    def release_values(self, values: dict) -> dict:
-        """A released YAML's ``mode`` names the variant, not a cache mode."""
-        if values.get("mode") in VARIANTS:
-            values = {**values, "variant": values["mode"]}
-            values.pop("mode")
-        return values
 
     def resolve(self, ctx) -> MethodRun:
         """The image, the actions and the model files of the run, checked."""

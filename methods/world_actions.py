@@ -81,7 +81,6 @@ class VariantActions:
     name: str
     keyboard_dim: int
     has_mouse: bool
-    keyboard_labels: tuple[str, ...]
     camera_keys: Mapping[str, tuple[float, float]]
     """Interactive key -> mouse vector (pitch, yaw); empty for templerun."""
     move_keys: Mapping[str, tuple[float, ...]]
@@ -96,123 +95,78 @@ def _one_hot(width: int, column: int | None) -> tuple[float, ...]:
     return tuple(1.0 if i == column else 0.0 for i in range(width))
 
 
-def _combine(width: int, columns: Mapping[str, int], cameras: Mapping[str, tuple[float, float]], name: str,
-             with_mouse: bool) -> BenchSegment:
-    """The row of a benchmark entry: a column set to 1 per key word in its name, the mouse of its camera word."""
-    keyboard = [0.0] * width
-    for word, column in columns.items():
-        if word in name:
-            keyboard[column] = 1.0
-    mouse: tuple[float, float] | None = None
-    if with_mouse:
-        mouse = (0.0, 0.0)
-        for word, vector in cameras.items():
-            if word in name:
-                mouse = vector
-    return BenchSegment(name, tuple(keyboard), mouse)
+_BENCH_CAMERAS = {"camera_l": (0.0, -CAM_VALUE), "camera_r": (0.0, CAM_VALUE)}
 
 
-def _universal_segments() -> tuple[BenchSegment, ...]:
-    columns = {"forward": 0, "left": 2, "right": 3}  # "back" is not a benchmark word upstream
-    cameras = {"camera_l": (0.0, -CAM_VALUE), "camera_r": (0.0, CAM_VALUE)}
-    names = (["forward_left", "forward_right"] * 5 + ["camera_l", "camera_r"] * 5
-             + ["forward", "left", "right"] * 5
-             + [f"{move}_{camera}" for move in ("forward", "left", "right", "forward_left", "forward_right")
-                for camera in ("camera_l", "camera_r")])
-    # No accidental substring hits: "camera_l"/"camera_r" do not contain "left"/"right".
-    return tuple(_combine(4, columns, cameras, name, with_mouse=True) for name in names)
+def _segments(names: Sequence[str], columns: Mapping[str, int], width: int,
+              with_mouse: bool = True) -> tuple[BenchSegment, ...]:
+    """Upstream's candidates: a 1 in the column of each key word of the name, the mouse of its camera word (if any)."""
+    def segment(name: str) -> BenchSegment:
+        keyboard = [0.0] * width
+        for word in name.split("_"):
+            if word in columns:
+                keyboard[columns[word]] = 1.0
+        mouse = next((v for w, v in _BENCH_CAMERAS.items() if w in name), (0.0, 0.0)) if with_mouse else None
+        return BenchSegment(name, tuple(keyboard), mouse)
+    return tuple(segment(name) for name in names)
 
 
-def _gta_segments() -> tuple[BenchSegment, ...]:
-    columns = {"forward": 0, "back": 1}
-    cameras = {"camera_l": (0.0, -CAM_VALUE), "camera_r": (0.0, CAM_VALUE)}
-    names = (["camera_l", "camera_r"] * 2 + ["forward", "back"] * 2
-             + [f"{move}_{camera}" for move in ("forward", "back") for camera in ("camera_l", "camera_r")])
-    return tuple(_combine(2, columns, cameras, name, with_mouse=True) for name in names)
-
-
+_MOVES = ("forward", "left", "right", "forward_left", "forward_right")
+_UNIVERSAL_NAMES = (["forward_left", "forward_right"] * 5 + ["camera_l", "camera_r"] * 5
+                    + ["forward", "left", "right"] * 5 + [f"{m}_{c}" for m in _MOVES for c in _BENCH_CAMERAS])
+_GTA_NAMES = (["camera_l", "camera_r"] * 2 + ["forward", "back"] * 2
+              + [f"{m}_{c}" for m in ("forward", "back") for c in _BENCH_CAMERAS])
 _TEMPLERUN_COLUMNS = {"nomove": 0, "jump": 1, "slide": 2, "turnleft": 3, "turnright": 4, "leftside": 5,
                       "rightside": 6}
 
-
-def _templerun_segments() -> tuple[BenchSegment, ...]:
-    names = ("jump", "slide", "leftside", "rightside", "turnleft", "turnright", "nomove")
-    return tuple(BenchSegment(name, _one_hot(7, _TEMPLERUN_COLUMNS[name]), None) for name in names)
-
-
-VARIANT_ACTIONS: Mapping[str, VariantActions] = MappingProxyType({
-    "universal": VariantActions(
-        name="universal", keyboard_dim=4, has_mouse=True,
-        keyboard_labels=("forward", "back", "left", "right"),
-        camera_keys=MappingProxyType({"i": (CAM_VALUE, 0.0), "k": (-CAM_VALUE, 0.0), "j": (0.0, -CAM_VALUE),
-                                      "l": (0.0, CAM_VALUE), "u": (0.0, 0.0)}),
-        move_keys=MappingProxyType({"w": _one_hot(4, 0), "s": _one_hot(4, 1), "a": _one_hot(4, 2),
-                                    "d": _one_hot(4, 3), "q": _one_hot(4, None)}),
-        bench_segments=_universal_segments(),
+VARIANT_ACTIONS: Mapping[str, VariantActions] = MappingProxyType({spec.name: spec for spec in (
+    VariantActions(
+        "universal", 4, True,
+        camera_keys={"i": (CAM_VALUE, 0.0), "k": (-CAM_VALUE, 0.0), "j": (0.0, -CAM_VALUE), "l": (0.0, CAM_VALUE),
+                     "u": (0.0, 0.0)},
+        move_keys={"w": _one_hot(4, 0), "s": _one_hot(4, 1), "a": _one_hot(4, 2), "d": _one_hot(4, 3),
+                   "q": _one_hot(4, None)},
+        bench_segments=_segments(_UNIVERSAL_NAMES, {"forward": 0, "left": 2, "right": 3}, 4),  # never "back"
         key_help=("one camera key of i k j l u (up, down, left, right, none) and/or one move key of w s a d q "
-                  "(forward, back, left, right, none) separated by a space, e.g. 'w i'"),
-    ),
-    "gta_drive": VariantActions(
-        name="gta_drive", keyboard_dim=2, has_mouse=True,
-        keyboard_labels=("forward", "back"),
-        camera_keys=MappingProxyType({"a": (0.0, -CAM_VALUE), "d": (0.0, CAM_VALUE), "q": (0.0, 0.0)}),
-        move_keys=MappingProxyType({"w": _one_hot(2, 0), "s": _one_hot(2, 1), "q": _one_hot(2, None)}),
-        bench_segments=_gta_segments(),
+                  "(forward, back, left, right, none) separated by a space, e.g. 'w i'")),
+    VariantActions(
+        "gta_drive", 2, True,
+        camera_keys={"a": (0.0, -CAM_VALUE), "d": (0.0, CAM_VALUE), "q": (0.0, 0.0)},
+        move_keys={"w": _one_hot(2, 0), "s": _one_hot(2, 1), "q": _one_hot(2, None)},
+        bench_segments=_segments(_GTA_NAMES, {"forward": 0, "back": 1}, 2),
         key_help=("at most one drive key of w s (forward, back) and at most one steer key of a d (left, right), "
-                  "or q (none), separated by spaces, e.g. 'w a' (an empty line means 'q')"),
-    ),
-    "templerun": VariantActions(
-        name="templerun", keyboard_dim=7, has_mouse=False,
-        keyboard_labels=("nomove", "jump", "slide", "turnleft", "turnright", "leftside", "rightside"),
-        camera_keys=MappingProxyType({}),
-        move_keys=MappingProxyType({"w": _one_hot(7, 1), "s": _one_hot(7, 2), "a": _one_hot(7, 5),
-                                    "d": _one_hot(7, 6), "z": _one_hot(7, 3), "c": _one_hot(7, 4),
-                                    "q": _one_hot(7, 0)}),
-        bench_segments=_templerun_segments(),
+                  "or q (none), separated by spaces, e.g. 'w a' (an empty line means 'q')")),
+    VariantActions(
+        "templerun", 7, False, camera_keys={},
+        move_keys={"w": _one_hot(7, 1), "s": _one_hot(7, 2), "a": _one_hot(7, 5), "d": _one_hot(7, 6),
+                   "z": _one_hot(7, 3), "c": _one_hot(7, 4), "q": _one_hot(7, 0)},
+        bench_segments=_segments(("jump", "slide", "leftside", "rightside", "turnleft", "turnright", "nomove"),
+                                 _TEMPLERUN_COLUMNS, 7, with_mouse=False),
         key_help=("exactly one key of w s a d z c q (jump, slide, left side, right side, turn left, turn right, "
-                  "no move)"),
-    ),
-})
+                  "no move)")),
+)})
 
 
 def get_variant(variant: str) -> VariantActions:
     """The action layout of a variant name (universal, gta_drive, templerun); ActionInputError if unknown."""
-    spec = VARIANT_ACTIONS.get(variant) if isinstance(variant, str) else None
-    if spec is None:
+    if variant not in VARIANT_ACTIONS:
         raise ActionInputError(f"unknown Matrix-Game 2.0 variant {variant!r}; use one of "
                                f"{', '.join(VARIANT_ACTIONS)}")
-    return spec
+    return VARIANT_ACTIONS[variant]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Frame arithmetic
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def pixel_frames(num_latent_frames: int) -> int:
     """Pixel frames of a video of T latent frames: N = 4(T-1)+1."""
-    t = _check_int("num_latent_frames", num_latent_frames, 1)
-    return 4 * (t - 1) + 1
-
-
-def latent_frames(num_pixel_frames: int) -> int:
-    """Latent frames of a video of N pixel frames: (N-1)//4+1 (N must be 1 modulo 4)."""
-    n = _check_int("num_pixel_frames", num_pixel_frames, 1)
-    if n % 4 != 1:
-        raise ValueError(f"a pixel frame count must be 4(T-1)+1, got {n}")
-    return (n - 1) // 4 + 1
+    return 4 * (num_latent_frames - 1) + 1
 
 
 def num_chunks(num_latent_frames: int) -> int:
     """Chunks of 3 latent frames in a video of T latent frames; ActionInputError unless T is a multiple of 3."""
-    t = _check_int("num_latent_frames", num_latent_frames, 1)
+    t = num_latent_frames
     if t % LATENT_FRAMES_PER_CHUNK:
         raise ActionInputError(f"per-chunk actions need a latent frame count that is a multiple of "
                                f"{LATENT_FRAMES_PER_CHUNK}, got {t}; choose a frame count such as {t - t % 3 or 3}")
@@ -221,11 +175,8 @@ def num_chunks(num_latent_frames: int) -> int:
 
 def chunk_pixel_range(chunk_index: int) -> tuple[int, int]:
     """The pixel frames [start, stop) a chunk's action is written over: chunk 0 -> [0, 9), chunk g -> [12g-3, 12g+9)."""
-    g = _check_int("chunk_index", chunk_index, 0)
-    f0 = LATENT_FRAMES_PER_CHUNK * g
-    final = 1 + 4 * (f0 + LATENT_FRAMES_PER_CHUNK - 1)
-    count = 1 + 4 * (LATENT_FRAMES_PER_CHUNK - 1) if f0 == 0 else 4 * LATENT_FRAMES_PER_CHUNK
-    return final - count, final
+    stop = pixel_frames(LATENT_FRAMES_PER_CHUNK * (chunk_index + 1))  # one past the chunk's last pixel frame
+    return max(0, stop - 4 * LATENT_FRAMES_PER_CHUNK), stop
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,21 +189,6 @@ class ActionTensors:
 
     keyboard: torch.Tensor
     mouse: torch.Tensor | None
-
-    def __post_init__(self) -> None:
-        """Check the shapes and dtypes: 2-d float32, N = 4(T-1)+1 rows, mouse [N, 2] when present."""
-        kb = self.keyboard
-        if not isinstance(kb, torch.Tensor) or kb.dim() != 2 or kb.dtype != torch.float32:
-            raise ValueError(f"ActionTensors.keyboard must be a float32 [N, K] tensor, got "
-                             f"{getattr(kb, 'dtype', type(kb).__name__)} {tuple(getattr(kb, 'shape', ()))}")
-        if kb.shape[0] < 1 or kb.shape[0] % 4 != 1:
-            raise ValueError(f"ActionTensors need N = 4(T-1)+1 pixel frames, got {kb.shape[0]}")
-        if self.mouse is not None:
-            m = self.mouse
-            if (not isinstance(m, torch.Tensor) or m.dtype != torch.float32
-                    or tuple(m.shape) != (kb.shape[0], 2)):
-                raise ValueError(f"ActionTensors.mouse must be a float32 [{kb.shape[0]}, 2] tensor, got "
-                                 f"{getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
 
     @classmethod
     def zeros(cls, variant: str, num_latent_frames: int) -> "ActionTensors":
@@ -267,25 +203,6 @@ class ActionTensors:
         """N, the pixel frames covered."""
         return int(self.keyboard.shape[0])
 
-    @property
-    def num_latent_frames(self) -> int:
-        """T = (N-1)//4+1, the latent frames covered."""
-        return (self.num_pixel_frames - 1) // 4 + 1
-
-    @property
-    def keyboard_dim(self) -> int:
-        """K, the keyboard width."""
-        return int(self.keyboard.shape[1])
-
-    def truncate(self, num_latent_frames: int) -> "ActionTensors":
-        """A copy holding only the first 4(T-1)+1 pixel frames, for a run of T <= num_latent_frames latent frames."""
-        n = pixel_frames(num_latent_frames)
-        if n > self.num_pixel_frames:
-            raise ValueError(f"cannot truncate actions of {self.num_latent_frames} latent frames to "
-                             f"{num_latent_frames}: that needs {n} pixel frames, there are {self.num_pixel_frames}")
-        mouse = None if self.mouse is None else self.mouse[:n].clone()
-        return ActionTensors(self.keyboard[:n].clone(), mouse)
-
     def clone(self) -> "ActionTensors":
         """A deep copy (the tensors are written in place by write_chunk)."""
         return ActionTensors(self.keyboard.clone(), None if self.mouse is None else self.mouse.clone())
@@ -299,43 +216,24 @@ class ActionTensors:
         return digest.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Benchmark draw
-
-
-def bench_segment_indices(variant: str, num_latent_frames: int, seed: int) -> list[int]:
-    """The candidate index drawn per iteration of upstream's benchmark draw (1 + ceil((T-1)/3) iterations)."""
-    return [index for index, _, _ in _bench_draw(variant, num_latent_frames, seed)]
-
-
-def _bench_draw(variant: str, num_latent_frames: int, seed: int) -> list[tuple[int, int, int]]:
-    """(candidate index, first pixel frame, frame count) per iteration, from random.Random(seed)."""
-    spec = get_variant(variant)
-    n = pixel_frames(num_latent_frames)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    rng = random.Random(seed)  # the same stream as upstream's global random.seed(seed)
-    table_size = len(spec.bench_segments)
-    draws = []
-    frame = 0
-    while frame < n:
-        rng.randint(0, 0)  # upstream draws a length index from the one-element list [12]; it still consumes MT words
-        index = rng.randint(0, table_size - 1)
-        count = 1 if frame == 0 else min(BENCH_SEGMENT_FRAMES, n - frame)
-        draws.append((index, frame, count))
-        frame += count
-    return draws
+def _fill(tensors: ActionTensors, start: int, stop: int, keyboard: Sequence[float], mouse: Sequence[float] | None):
+    tensors.keyboard[start:stop] = torch.tensor(keyboard, dtype=torch.float32)
+    if tensors.mouse is not None:
+        tensors.mouse[start:stop] = torch.tensor(mouse, dtype=torch.float32)
 
 
 def bench_actions(variant: str, num_latent_frames: int, seed: int) -> ActionTensors:
     """Upstream's random benchmark actions for T latent frames and a seed, bit for bit (float32)."""
-    tensors = ActionTensors.zeros(variant, num_latent_frames)
     segments = get_variant(variant).bench_segments
-    for index, start, count in _bench_draw(variant, num_latent_frames, seed):
-        segment = segments[index]
-        tensors.keyboard[start:start + count] = torch.tensor(segment.keyboard, dtype=torch.float32)
-        if tensors.mouse is not None:
-            tensors.mouse[start:start + count] = torch.tensor(segment.mouse, dtype=torch.float32)
+    tensors = ActionTensors.zeros(variant, num_latent_frames)
+    rng = random.Random(seed)  # the same stream as upstream's global random.seed(seed)
+    n, frame = tensors.num_pixel_frames, 0
+    while frame < n:
+        rng.randint(0, 0)  # upstream draws a length index from the one-element list [12]; it still consumes MT words
+        segment = segments[rng.randint(0, len(segments) - 1)]
+        count = 1 if frame == 0 else min(BENCH_SEGMENT_FRAMES, n - frame)
+        _fill(tensors, frame, frame + count, segment.keyboard, segment.mouse)
+        frame += count
     return tensors
 
 
@@ -345,20 +243,16 @@ def bench_actions(variant: str, num_latent_frames: int, seed: int) -> ActionTens
 
 def _vector(value: Any, width: int, what: str) -> tuple[float, ...]:
     """A finite numeric vector of the given width as floats; ValueError (one phrase) otherwise."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().reshape(-1).tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{what} must be a list of {width} numbers, got {type(value).__name__} {value!r}")
     if len(value) != width:
         raise ValueError(f"{what} must have {width} values, got {len(value)}")
-    out = []
     for item in value:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             raise ValueError(f"{what} must hold numbers, got {item!r}")
         if not math.isfinite(item):
             raise ValueError(f"{what} must hold finite numbers, got {item!r}")
-        out.append(float(item))
-    return tuple(out)
+    return tuple(float(item) for item in value)
 
 
 @dataclass(frozen=True)
@@ -376,89 +270,50 @@ class ChunkAction:
         spec = get_variant(variant)
         try:
             kb = _vector(keyboard, spec.keyboard_dim, f"the {variant} keyboard vector")
-            if spec.has_mouse:
-                if mouse is None:
-                    raise ValueError(f"{variant} needs a mouse vector [pitch, yaw] as well")
-                ms: tuple[float, float] | None = _vector(mouse, 2, f"the {variant} mouse vector")  # type: ignore
-            else:
-                if mouse is not None:
-                    raise ValueError(f"{variant} has no mouse, so give no mouse vector")
-                ms = None
+            if spec.has_mouse and mouse is None:
+                raise ValueError(f"{variant} needs a mouse vector [pitch, yaw] as well")
+            if not spec.has_mouse and mouse is not None:
+                raise ValueError(f"{variant} has no mouse, so give no mouse vector")
+            ms = None if mouse is None else _vector(mouse, 2, f"the {variant} mouse vector")
         except ValueError as exc:
             raise ActionInputError(f"invalid raw action: {exc}") from None
-        return cls(kb, ms, None)
-
-
-def _bad_keys(text: str, variant: str, reason: str) -> ActionInputError:
-    return ActionInputError(f"{text!r} is not a valid {variant} action ({reason}); type "
-                            f"{get_variant(variant).key_help}")
+        return cls(kb, ms)  # type: ignore[arg-type]
 
 
 def parse_keys(variant: str, text: str) -> ChunkAction:
     """Parse one typed key line (case-insensitive) into a ChunkAction; ActionInputError if it is not valid."""
     spec = get_variant(variant)
-    if not isinstance(text, str):
-        raise ActionInputError(f"a {variant} action must be a key line such as 'w', got {type(text).__name__} "
-                               f"{text!r}; type {spec.key_help}")
     tokens = text.strip().lower().split()
-    if variant == "universal":
-        unknown = [t for t in tokens if t not in spec.camera_keys and t not in spec.move_keys]
-        cameras = [t for t in tokens if t in spec.camera_keys]
-        moves = [t for t in tokens if t in spec.move_keys]
-        if unknown:
-            raise _bad_keys(text, variant, f"unknown key {unknown[0]!r}")
-        if not tokens:
-            raise _bad_keys(text, variant, "no key given")
-        if len(cameras) > 1 or len(moves) > 1:
-            raise _bad_keys(text, variant, "more than one camera key" if len(cameras) > 1
-                            else "more than one move key")
-        camera = cameras[0] if cameras else "u"
-        move = moves[0] if moves else "q"
-        return ChunkAction(spec.move_keys[move], spec.camera_keys[camera], " ".join(tokens))
-    if variant == "gta_drive":
-        # As upstream: a token that is a steer key (a d q) goes to the mouse, else a drive key (w s) to the keyboard,
-        # so "q" always counts as the steer key; each side defaults to "q" and holds at most one key.
-        unknown = [t for t in tokens if t not in spec.camera_keys and t not in spec.move_keys]
-        if unknown:
-            raise _bad_keys(text, variant, f"unknown key {unknown[0]!r}")
-        steer = [t for t in tokens if t in spec.camera_keys]
-        drive = [t for t in tokens if t not in spec.camera_keys]
-        if len(steer) > 1:
-            raise _bad_keys(text, variant, "more than one steer key among a d q, q counting as steering")
-        if len(drive) > 1:
-            raise _bad_keys(text, variant, "more than one drive key among w s")
-        camera = steer[0] if steer else "q"
-        move = drive[0] if drive else "q"
-        return ChunkAction(spec.move_keys[move], spec.camera_keys[camera], " ".join(tokens) or "q")
-    # templerun
-    if len(tokens) != 1 or tokens[0] not in spec.move_keys:
-        reason = "no key given" if not tokens else ("more than one key" if len(tokens) > 1
-                                                    else f"unknown key {tokens[0]!r}")
-        raise _bad_keys(text, variant, reason)
-    return ChunkAction(spec.move_keys[tokens[0]], None, tokens[0])
+    unknown = [t for t in tokens if t not in spec.camera_keys and t not in spec.move_keys]
 
+    def bad(reason: str) -> ActionInputError:
+        return ActionInputError(f"{text!r} is not a valid {variant} action ({reason}); type {spec.key_help}")
 
-def _check_action_fits(tensors: ActionTensors, action: ChunkAction) -> None:
-    if len(action.keyboard) != tensors.keyboard_dim:
-        raise ValueError(f"the chunk action has {len(action.keyboard)} keyboard values, the tensors "
-                         f"{tensors.keyboard_dim}: it is for another variant")
-    if (action.mouse is None) != (tensors.mouse is None):
-        raise ValueError("the chunk action and the tensors disagree on having a mouse: it is for another variant")
+    if variant == "templerun":
+        if len(tokens) != 1 or unknown:
+            raise bad("no key given" if not tokens else "more than one key" if len(tokens) > 1
+                      else f"unknown key {tokens[0]!r}")
+        return ChunkAction(spec.move_keys[tokens[0]], None, tokens[0])
+    # As upstream: a camera key (gta_drive: a steer key of a d q) goes to the mouse, any other key to the keyboard, so
+    # gta_drive's "q" always counts as steering; each side defaults to none and holds at most one key.
+    cameras = [t for t in tokens if t in spec.camera_keys]
+    moves = [t for t in tokens if t not in spec.camera_keys]
+    gta = variant == "gta_drive"
+    if unknown:
+        raise bad(f"unknown key {unknown[0]!r}")
+    if not tokens and not gta:
+        raise bad("no key given")
+    if len(cameras) > 1:
+        raise bad("more than one steer key among a d q, q counting as steering" if gta else "more than one camera key")
+    if len(moves) > 1:
+        raise bad("more than one drive key among w s" if gta else "more than one move key")
+    return ChunkAction(spec.move_keys[moves[0] if moves else "q"], spec.camera_keys[cameras[0]] if cameras
+                       else (0.0, 0.0), " ".join(tokens) or "q")
 
 
 def write_chunk(tensors: ActionTensors, chunk_index: int, action: ChunkAction) -> None:
     """Write a chunk's action in place over its pixel frames, as upstream's interactive loop (see chunk_pixel_range)."""
-    if not isinstance(action, ChunkAction):
-        raise TypeError(f"write_chunk needs a ChunkAction, got {type(action).__name__}")
-    _check_action_fits(tensors, action)
-    start, stop = chunk_pixel_range(chunk_index)
-    if stop > tensors.num_pixel_frames:
-        have = (tensors.num_pixel_frames + 3) // 12
-        raise ValueError(f"chunk {chunk_index} covers pixel frames {start}..{stop - 1}, beyond the "
-                         f"{tensors.num_pixel_frames} frames of these actions (chunks 0..{have - 1} fit)")
-    tensors.keyboard[start:stop] = torch.tensor(action.keyboard, dtype=torch.float32)
-    if tensors.mouse is not None:
-        tensors.mouse[start:stop] = torch.tensor(action.mouse, dtype=torch.float32)
+    _fill(tensors, *chunk_pixel_range(chunk_index), action.keyboard, action.mouse)
 
 
 def actions_from_chunks(variant: str, chunk_actions: Sequence[ChunkAction | str],
@@ -477,8 +332,6 @@ def actions_from_chunks(variant: str, chunk_actions: Sequence[ChunkAction | str]
     for index, action in enumerate(chunk_actions[:needed]):
         if isinstance(action, str):
             action = parse_keys(variant, action)
-        elif not isinstance(action, ChunkAction):
-            raise TypeError(f"chunk action {index} must be a ChunkAction or a key line, got {type(action).__name__}")
         if len(action.keyboard) != spec.keyboard_dim or (action.mouse is None) == spec.has_mouse:
             raise ActionInputError(f"chunk action {index} ({describe_chunk(action)!r}) does not fit the {variant} "
                                    f"layout ({spec.keyboard_dim} keyboard values"
@@ -501,9 +354,7 @@ def describe_chunk(action: ChunkAction) -> str | dict[str, list[float]]:
 # Action files
 
 _FRAME_KEYS = ("keyboard_condition", "mouse_condition")
-_CHUNK_KEYS = ("chunks",)
-_KNOWN_KEYS = _FRAME_KEYS + _CHUNK_KEYS
-_ENTRY_KEYS = ("keyboard", "mouse")
+_KNOWN_KEYS = _FRAME_KEYS + ("chunks",)
 
 
 def _read_document(path: Path) -> Any:
@@ -522,14 +373,12 @@ def _read_document(path: Path) -> Any:
         pass
     try:
         data = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ActionInputError(f"action file {path} uses a YAML tag{at} that safe loading refuses (only plain "
-                               f"data is read, nothing is executed); remove the tag") from None
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            raise ActionInputError(f"action file {path} uses a YAML tag{at} that safe loading refuses (only plain "
+                                   f"data is read, nothing is executed); remove the tag") from None
         raise ActionInputError(f"action file {path} is neither valid JSON nor valid YAML{at}; fix its "
                                f"syntax") from None
     if data is None:
@@ -539,22 +388,18 @@ def _read_document(path: Path) -> Any:
 
 
 def _frame_matrix(path: Path, key: str, value: Any, width: int, variant: str) -> list[tuple[float, ...]]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, list):
+    if not isinstance(value, list):
         raise ActionInputError(f"action file {path}: {key} must be a list of rows of {width} numbers (one row per "
                                f"pixel frame) for {variant}, got {type(value).__name__}; fix the file")
-    rows = []
-    for i, row in enumerate(value):
-        try:
-            rows.append(_vector(row, width, f"row {i}"))
-        except ValueError as exc:
-            raise ActionInputError(f"action file {path}: {key} {exc} (each row has {width} finite numbers for "
-                                   f"{variant}); fix the file") from None
-    return rows
+    try:
+        return [_vector(row, width, f"row {i}") for i, row in enumerate(value)]
+    except ValueError as exc:
+        raise ActionInputError(f"action file {path}: {key} {exc} (each row has {width} finite numbers for "
+                               f"{variant}); fix the file") from None
 
 
-def _load_frames(path: Path, data: Mapping[str, Any], variant: str, num_latent_frames: int) -> ActionTensors:
-    spec = get_variant(variant)
-    n = pixel_frames(num_latent_frames)
+def _load_frames(path: Path, data: Mapping[str, Any], spec: VariantActions, num_latent_frames: int) -> ActionTensors:
+    variant, n = spec.name, pixel_frames(num_latent_frames)
     if "keyboard_condition" not in data:
         raise ActionInputError(f"action file {path} has mouse_condition but no keyboard_condition; per-frame files "
                                f"need keyboard_condition [N, {spec.keyboard_dim}] rows")
@@ -577,35 +422,32 @@ def _load_frames(path: Path, data: Mapping[str, Any], variant: str, num_latent_f
     if len(keyboard) > n:
         logger.warning("action file %s has %d pixel frames of actions; %d latent frames use the first %d",
                        path, len(keyboard), num_latent_frames, n)
-    kb = torch.tensor(keyboard[:n], dtype=torch.float32).reshape(n, spec.keyboard_dim)
-    ms = None if mouse is None else torch.tensor(mouse[:n], dtype=torch.float32).reshape(n, 2)
-    return ActionTensors(kb, ms)
+    return ActionTensors(torch.tensor(keyboard[:n], dtype=torch.float32),
+                         None if mouse is None else torch.tensor(mouse[:n], dtype=torch.float32))
 
 
-def _chunk_entry(path: Path, index: int, entry: Any, variant: str) -> ChunkAction:
-    spec = get_variant(variant)
-    if isinstance(entry, str):
-        try:
-            return parse_keys(variant, entry)
-        except ActionInputError as exc:
-            raise ActionInputError(f"action file {path}, chunk {index}: {exc}") from None
+def chunk_entry(path: Path, index: int, entry: Any, spec: VariantActions) -> ChunkAction:
+    """One per-chunk entry of an action file or sidecar (a key line or raw vectors); errors name the file."""
+    where = f"action file {path}, chunk {index}"
+    if not isinstance(entry, (str, dict)):
+        raise ActionInputError(f"{where}: {entry!r} is neither a key line (a string) nor a mapping of keyboard/mouse "
+                               f"vectors; for {spec.name} type {spec.key_help}")
     if isinstance(entry, dict):
-        unknown = [k for k in entry if k not in _ENTRY_KEYS]
+        unknown = [k for k in entry if k not in ("keyboard", "mouse")]
         if unknown:
-            raise ActionInputError(f"action file {path}, chunk {index}: unknown key {unknown[0]!r}; a raw entry "
-                                   f"holds only keyboard{' and mouse' if spec.has_mouse else ''}")
+            raise ActionInputError(f"{where}: unknown key {unknown[0]!r}; a raw entry holds only "
+                                   f"keyboard{' and mouse' if spec.has_mouse else ''}")
         if "keyboard" not in entry:
-            raise ActionInputError(f"action file {path}, chunk {index}: a raw entry needs keyboard "
-                                   f"[{spec.keyboard_dim} values]")
-        try:
-            return ChunkAction.from_vectors(variant, entry["keyboard"], entry.get("mouse"))
-        except ActionInputError as exc:
-            raise ActionInputError(f"action file {path}, chunk {index}: {exc}") from None
-    raise ActionInputError(f"action file {path}, chunk {index}: {entry!r} is neither a key line (a string) nor a "
-                           f"mapping of keyboard/mouse vectors; for {variant} type {spec.key_help}")
+            raise ActionInputError(f"{where}: a raw entry needs keyboard [{spec.keyboard_dim} values]")
+    try:
+        if isinstance(entry, str):
+            return parse_keys(spec.name, entry)
+        return ChunkAction.from_vectors(spec.name, entry["keyboard"], entry.get("mouse"))
+    except ActionInputError as exc:
+        raise ActionInputError(f"{where}: {exc}") from None
 
 
-def _load_chunks(path: Path, entries: Any, variant: str,
+def _load_chunks(path: Path, entries: Any, spec: VariantActions,
                  num_latent_frames: int) -> tuple[ActionTensors, list[ChunkAction]]:
     if not isinstance(entries, list):
         raise ActionInputError(f"action file {path}: chunks must be a list with one entry per chunk, got "
@@ -618,33 +460,30 @@ def _load_chunks(path: Path, entries: Any, variant: str,
     if len(entries) > needed:
         logger.warning("action file %s has %d chunk actions; %d latent frames use the first %d",
                        path, len(entries), num_latent_frames, needed)
-    actions = [_chunk_entry(path, i, entry, variant) for i, entry in enumerate(entries[:needed])]
-    return actions_from_chunks(variant, actions, num_latent_frames), actions
+    actions = [chunk_entry(path, i, entry, spec) for i, entry in enumerate(entries[:needed])]
+    return actions_from_chunks(spec.name, actions, num_latent_frames), actions
 
 
 def load_action_file(path: str | Path, variant: str,
                      num_latent_frames: int) -> tuple[ActionTensors, list[ChunkAction] | None]:
     """Read a JSON/YAML action file (per pixel frame or per chunk): tensors for T latent frames, chunk actions."""
-    get_variant(variant)
-    pixel_frames(num_latent_frames)
-    path = Path(path)
+    spec, path = get_variant(variant), Path(path)
     data = _read_document(path)
     if isinstance(data, list):
-        return _load_chunks(path, data, variant, num_latent_frames)
+        return _load_chunks(path, data, spec, num_latent_frames)
     if not isinstance(data, dict):
         raise ActionInputError(f"action file {path} holds a {type(data).__name__}; give a list of per-chunk keys, "
                                f"a mapping with chunks, or a mapping with keyboard_condition")
     unknown = [k for k in data if k not in _KNOWN_KEYS]
     if unknown:
         raise ActionInputError(f"action file {path} has unknown top-level key(s) "
-                               f"{', '.join(repr(k) for k in unknown)}; the known keys are "
-                               f"{', '.join(_KNOWN_KEYS)}")
+                               f"{', '.join(repr(k) for k in unknown)}; the known keys are {', '.join(_KNOWN_KEYS)}")
     has_frames = any(k in data for k in _FRAME_KEYS)
     if "chunks" in data:
         if has_frames:
             raise ActionInputError(f"action file {path} mixes chunks with keyboard_condition/mouse_condition; give "
                                    f"either per-chunk or per-frame actions")
-        return _load_chunks(path, data["chunks"], variant, num_latent_frames)
+        return _load_chunks(path, data["chunks"], spec, num_latent_frames)
     if not has_frames:
         raise ActionInputError(f"action file {path} is an empty mapping; give chunks or keyboard_condition")
-    return _load_frames(path, data, variant, num_latent_frames), None
+    return _load_frames(path, data, spec, num_latent_frames), None

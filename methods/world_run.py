@@ -18,8 +18,8 @@ import torch
 from utils.errors import CLIError
 
 from .base import MethodRun
-from .world_actions import (ActionInputError, ActionTensors, bench_actions, describe_chunk, load_action_file,
-                            parse_keys, pixel_frames, write_chunk)
+from .world_actions import (ActionInputError, ActionTensors, actions_from_chunks, bench_actions, chunk_entry,
+                            describe_chunk, get_variant, load_action_file, pixel_frames, write_chunk)
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class ActionTrack:
     def upto(self, num_latent_frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(mouse [B, N, 2] or None, keyboard [B, N, K]) on the device, for calls up to ``num_latent_frames``."""
         if pixel_frames(num_latent_frames) > self.actions.num_pixel_frames:
-            raise ValueError(f"actions cover {self.actions.num_latent_frames} latent frames, the model asked for "
-                             f"{num_latent_frames}")
+            raise ValueError(f"actions cover {self.actions.num_pixel_frames} pixel frames, the model asked for "
+                             f"{num_latent_frames} latent frames")
         if self._served is None:
             def serve(x):
                 return None if x is None else x.to(self.device)[None].expand(self.batch, -1, -1)
@@ -143,17 +143,18 @@ class MatrixGame2Run(MethodRun):
             data = json.loads(p.read_text(encoding="utf-8")) if p.suffix == ".json" else None
         except (OSError, ValueError):
             data = None
-        if isinstance(data, dict) and isinstance(data.get("prompt_switches"), list) and "method" in data:
-            recorded = (data.get("method") or {}).get("variant")
+        method = data.get("method") if isinstance(data, dict) else None
+        if isinstance(method, dict) and isinstance(data.get("prompt_switches"), list):
+            recorded = method.get("variant")
             if recorded != self.variant:
                 raise ActionInputError(f"sidecar {p} records a {recorded} session; replay it with --variant "
                                        f"{recorded} (this run is {self.variant})")
-            if len(self.images) == 1 and data["method"].get("image_sha256") not in (None, self.images[0].sha256):
+            if len(self.images) == 1 and method.get("image_sha256") not in (None, self.images[0].sha256):
                 logger.warning("sidecar %s was made from another image than %s; its keys are applied to this one",
                                p, self.images[0].path)
-            keys = [s.get("keys") for s in data["prompt_switches"]]
+            keys = [s.get("keys") if isinstance(s, dict) else s for s in data["prompt_switches"]]
             if not keys:
-                seed = (data.get("method") or {}).get("actions", {})
+                seed = method.get("actions", {})
                 raise ActionInputError(f"sidecar {p} records no keys: it is not of an --interactive session; its "
                                        f"actions were {seed!r} (replay a benchmark draw with --actions bench --seed "
                                        f"{data.get('seed')})")
@@ -161,10 +162,9 @@ class MatrixGame2Run(MethodRun):
                 raise ActionInputError(f"sidecar {p} records {len(keys)} chunks of keys; {self.num_frames} latent "
                                        f"frames need {-(-self.num_frames // 3)}; pass --num_output_frames "
                                        f"{len(keys) * 3} to replay it")
-            from .world_actions import ChunkAction, actions_from_chunks
-            chunks = [parse_keys(self.variant, k) if isinstance(k, str) else
-                      ChunkAction.from_vectors(self.variant, k.get("keyboard"), k.get("mouse")) for k in keys]
-            return actions_from_chunks(self.variant, chunks[:-(-self.num_frames // 3)], self.num_frames)
+            spec = get_variant(self.variant)
+            chunks = [chunk_entry(p, i, k, spec) for i, k in enumerate(keys[:-(-self.num_frames // 3)])]
+            return actions_from_chunks(self.variant, chunks, self.num_frames)
         return load_action_file(p, self.variant, self.num_frames)[0]
 
     def image_for(self, job) -> WorldImage:
@@ -266,7 +266,6 @@ def model_config_path(section, variant: str) -> Path:
 
 def check_variant_config(config: Path, variant: str) -> dict:
     """The config's action layout must be the variant's (K keys, mouse or not); -> the config dict."""
-    from .world_actions import get_variant
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
         action = data["action_config"]

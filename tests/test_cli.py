@@ -42,8 +42,9 @@ PROMPTS = ["a paper boat drifts down a rain gutter", "sunrise over a foggy harbo
 
 def test_demo_writes_playable_videos(run_cli, tmp_path):
     """--demo writes playable 16 fps mp4s with 4T-3 frames at the asked size, plus sidecars."""
-    r = run_cli("--demo", "--output_folder", "out", "--num_output_frames", 6, *SMALL)
+    r = run_cli("--demo", "--output_folder", "out", "--num_output_frames", 6, "--report_timing", *SMALL)
     assert r.returncode == 0, r.stderr
+    assert r.stderr.count("timing of prompt") == 2 and "rollout" in r.stderr  # --report_timing: one line per prompt
     files = outputs(tmp_path / "out")["."]
     videos = [f for f in files if f.endswith(".mp4")]
     assert len(videos) == 2 and len(files) == 4

@@ -93,6 +93,11 @@ CASES = {
     "use_ema_without_ema": (lambda t: ["--use_ema", "--checkpoint_path", _checkpoint_without_ema(t)],
                             ["no_ema.pt", "generator_ema", "drop --use_ema"]),
     "negative_samples": (lambda t: ["--num_samples", "0"], ["--num_samples 0"]),
+    "variant_named_by_its_layer": (lambda t: ["variant=chunkwise"], ["override 'variant=chunkwise'", "not a variant"]),
+    "adapter_named_by_its_layer": (lambda t: ["--method", "longlive", "adapter=3"],
+                                   ["override 'adapter=3'", "must be a mapping"]),
+    "config_with_a_python_tag": (lambda t: ["--config_path", _config(t, "!!python/object/apply:os.system ['true']\n")],
+                                 ["my_config.yaml", "nothing in the file is executed"]),
     "bad_seed": (lambda t: ["--seed", "-1"], ["--seed -1"]),
 }
 
@@ -151,3 +156,43 @@ def test_default_model_files_missing_offline(run_cli, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "hf download Wan-AI/Wan2.1-T2V-1.3B" in r.stderr and "HF_HUB_OFFLINE=1" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_length_needing_more_than_half_the_free_memory_is_refused(capsys, monkeypatch, tmp_path):
+    """Upstream's initial noise may take at most half the free memory: the models and decoding need the rest."""
+    import app.checks
+    noise = 2 * 16 * (64 // 8) * (112 // 8) * 4 * 300  # 2 samples, 16 channels, the demo's latent, fp32, 300 frames
+    monkeypatch.setattr(app.checks, "free_bytes", lambda device: int(1.5 * noise))
+    rc, err = run_main(capsys, "--demo", "--num_samples", 2, "--num_output_frames", 300, "--output_folder",
+                       tmp_path / "out")
+    assert rc == 2 and "more than half" in err and "--noise_order chunked" in err
+    monkeypatch.setattr(app.checks, "free_bytes", lambda device: int(2.5 * noise))
+    rc, err = run_main(capsys, "--demo", "--num_samples", 2, "--num_output_frames", 300, "--output_folder",
+                       tmp_path / "out", "--print_config")
+    assert rc == 0
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 21504000000 bytes")])
+def test_out_of_memory_while_rendering_is_one_message(capsys, monkeypatch, tmp_path, error):
+    """An allocation failure during a video: exit 1, one message with what to change, no traceback, no file left."""
+    import app.runner
+
+    def render(self, job, slots, live=None, on_chunk=None):
+        raise error
+    monkeypatch.setattr(app.runner.VideoRunner, "render", render)
+    rc, err = run_main(capsys, "--demo", "--num_output_frames", 6, "--output_folder", tmp_path / "out")
+    assert rc == 1 and "out of memory while rendering" in err and "--noise_order chunked" in err
+    assert "Traceback" not in err
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch, tmp_path):
+    import app.runner
+
+    def render(self, job, slots, live=None, on_chunk=None):
+        raise RuntimeError("shape mismatch")
+    monkeypatch.setattr(app.runner.VideoRunner, "render", render)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        inference.main(["--demo", "--num_output_frames", "6", "--output_folder", str(tmp_path / "out")])

@@ -86,7 +86,19 @@ def test_released_yaml_selects_method_and_variant(tmp_path, capsys):
     assert "local_attn_size: 4" in out and "model_config: configs/distilled_model/gta_drive" in out
 
 
+def test_mode_flag_with_a_variant_name_selects_the_variant(tmp_path, capsys):
+    # as the released YAMLs' ``mode: templerun``; a cache mode given to --mode stays a cache mode
+    assert inference.main(["--mode", "templerun", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "method: matrix_game2" in out and "variant: templerun" in out and "mode: self_forcing" in out
+    assert inference.main(["--method", "matrix_game2", "--mode", "deep_sink", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "variant: universal" in out and "mode: deep_sink" in out
+
+
 @pytest.mark.parametrize("flags,message", [
+    (["--mode", "templerun", "--method", "longlive"], "--method longlive asks for another"),
+    (["--mode", "templerun", "--variant", "universal"], "--variant universal asks for another"),
     (["--image", "/nonexistent/x.png"], "does not exist"),
     (["--variant", "minecraft"], "not a variant"),
     (["--endless", "--interactive"], "--num_output_frames"),
@@ -186,3 +198,14 @@ def test_gta_drive_demo_with_typed_keys(tmp_path, image, monkeypatch):
                monkeypatch=monkeypatch) == 0
     assert [s["keys"] for s in sidecar(tmp_path)["prompt_switches"]] == ["w a", "q"]
     assert sidecar(tmp_path)["cache"]["window_frames"] == 4
+
+
+@pytest.mark.parametrize("switches", [[{"chunk": 0, "keys": 7}, {"chunk": 1, "keys": "w"}], [None, "w"],
+                                      [{"chunk": 0, "keys": "w x"}, {"chunk": 1}]])
+def test_a_hand_edited_sidecar_is_refused_with_the_chunk(tmp_path, image, capsys, switches):
+    record = tmp_path / "edited.json"
+    record.write_text(json.dumps({"method": {"method": "matrix_game2", "variant": "universal"},
+                                  "prompt_switches": switches}))
+    assert run(tmp_path, image, f"matrix_game2.actions={record}") == 2
+    err = capsys.readouterr().err
+    assert f"action file {record}, chunk" in err and "Traceback" not in err and err.count("\n") == 1
