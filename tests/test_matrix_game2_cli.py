@@ -179,7 +179,8 @@ def test_replaying_a_sidecar_of_another_variant_is_refused(tmp_path, image, caps
 
 @pytest.mark.parametrize("released,method", [("configs/inference_yaml/inference_templerun.yaml", "matrix_game2"),
                                              ("configs/longlive_inference.yaml", "longlive"),
-                                             ("configs/causal_forcing_dmd_framewise.yaml", "causal_forcing")])
+                                             ("configs/causal_forcing_dmd_framewise.yaml", "causal_forcing"),
+                                             ("configs/self_forcing_dmd.yaml", "self_forcing")])
 def test_released_config_paths_find_their_shipped_copies(tmp_path, monkeypatch, capsys, released, method):
     monkeypatch.chdir(tmp_path)  # the family's repositories' paths, relative to a checkout of theirs
     assert inference.main(["--config_path", released, "--print_config"]) == 0

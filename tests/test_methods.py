@@ -27,6 +27,7 @@ SHIPPED = {  # shipped YAML -> (method, variant)
     "rolling_forcing/rolling_forcing_dmd.yaml": ("rolling_forcing", "dmd"),
     "causal_forcing/rolling_forcing_dmd_longvideo.yaml": ("causal_forcing", "longvideo"),
     "self_forcing_dmd/self_forcing_dmd_sink10.yaml": ("deep_forcing", "dmd"),
+    "self_forcing/self_forcing_dmd.yaml": ("self_forcing", "dmd"),
     **{f"matrix_game2/inference_yaml/inference_{v}.yaml": ("matrix_game2", v)
        for v in ("universal", "gta_drive", "templerun")},
 }
