@@ -14,18 +14,13 @@ released benchmark draw (``--actions bench``, seeded by ``--seed``), an actions 
 """
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from utils.errors import CLIError
 from utils.paths import CONFIGS_DIR
 
 from .base import CheckpointFile, Method, MethodRun
-
-logger = logging.getLogger(__name__)
 
 REPO_ID = "Skywork/Matrix-Game-2.0"
 MODEL_DIR = "Matrix-Game-2.0"
@@ -77,13 +72,11 @@ class MatrixGame2(Method):
     model_dir = MODEL_DIR
 
     def defaults(self, variant: str | None) -> dict:
-        """The variant's steps, its config.json's window and sink, 352x640 at 12 fps, 150 latent frames (as
-        released)."""
+        """The variant's steps, its config.json's window and sink, 352x640 at 12 fps, 150 latent frames (released)."""
         import json
         variant = variant or self.default_variant
         v, config = VARIANTS[variant], json.loads(shipped_config(variant).read_text(encoding="utf-8"))
-        window = {k: config[k] for k in ("local_attn_size", "sink_size")}
-        return {"mode": "self_forcing", "model_kwargs": window,
+        return {"mode": "self_forcing", "model_kwargs": {k: config[k] for k in ("local_attn_size", "sink_size")},
                 "denoising_step_list": list(v.steps), "warp_denoising_step": True, "num_frame_per_block": 3,
                 "context_noise": 0, "height": 352, "width": 640, "fps": 12.0, "num_output_frames": 150}
 
@@ -100,21 +93,3 @@ class MatrixGame2(Method):
         from .world_run import resolve_world_run
         return resolve_world_run(self, ctx)
 
-
-def ask_keys(variant: str, stdin=None, stderr=None):
-    """A reader of one chunk's keys from stdin (None at the end of input or on 'n' / '/stop')."""
-    from .world_actions import ActionInputError, get_variant, parse_keys
-
-    def ask(chunk: int):
-        out = stderr or sys.stderr
-        while True:
-            out.write(f"chunk {chunk} [{variant}: {get_variant(variant).key_help}; n ends the video]> ")
-            out.flush()
-            line = (stdin or sys.stdin).readline()
-            if not line or line.strip().lower() in ("n", "/stop"):
-                return None
-            try:
-                return parse_keys(variant, line)
-            except ActionInputError as exc:
-                out.write(f"{exc}\n")
-    return ask

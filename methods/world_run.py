@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import torch
 from utils.errors import CLIError
 
 from .base import MethodRun
+from .matrix_game2 import CLIP_FILE, CONDITION_FRAMES, MODEL_DIR, REPO_ID, VAE_FILE, VARIANTS, shipped_config
 from .world_actions import (ActionInputError, ActionTensors, actions_from_chunks, bench_actions, chunk_entry,
-                            describe_chunk, get_variant, load_action_file, pixel_frames, write_chunk)
+                            describe_chunk, get_variant, load_action_file, parse_keys, pixel_frames, write_chunk)
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +49,11 @@ class ActionTrack:
         self._served = None
 
     def upto(self, num_latent_frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(mouse [B, N, 2] or None, keyboard [B, N, K]) on the device, for calls up to ``num_latent_frames``."""
-        if pixel_frames(num_latent_frames) > self.actions.num_pixel_frames:
-            raise ValueError(f"actions cover {self.actions.num_pixel_frames} pixel frames, the model asked for "
-                             f"{num_latent_frames} latent frames")
+        """(mouse [B, N, 2] or None, keyboard [B, N, K]) on the device, for calls up to ``num_latent_frames`` (the
+        model's ``action_windows`` checks that N covers them)."""
         if self._served is None:
-            def serve(x):
-                return None if x is None else x.to(self.device)[None].expand(self.batch, -1, -1)
-            self._served = (serve(self.actions.mouse), serve(self.actions.keyboard))
+            self._served = tuple(None if x is None else x.to(self.device)[None].expand(self.batch, -1, -1)
+                                 for x in (self.actions.mouse, self.actions.keyboard))
         return self._served
 
 
@@ -82,7 +81,6 @@ class KeySwitcher:
 
     def __call__(self, chunk: int, latent_frame: int) -> None:
         """No prompt switch (the rollout's prompt-switch hook)."""
-        return None
 
 
 class WorldConditioner:
@@ -97,8 +95,7 @@ class WorldConditioner:
         """The conditioning of one video: image tokens, mask + latent per frame, actions."""
         from media.image import load_world_image
         from wan.world_model import WorldConditioning
-        from .matrix_game2 import CONDITION_FRAMES
-        image = self.run.image_for(job)
+        image = self.run.images[job.index]
         if hashlib.sha256(image.path.read_bytes()).hexdigest() != image.sha256:
             raise CLIError(f"image {image.path} changed while the run was going on; restore it or start again.")
         pixels = load_world_image(image.path, self.run.height, self.run.width).to(self.device, self.dtype)  # [1,3,H,W]
@@ -154,10 +151,9 @@ class MatrixGame2Run(MethodRun):
                                p, self.images[0].path)
             keys = [s.get("keys") if isinstance(s, dict) else s for s in data["prompt_switches"]]
             if not keys:
-                seed = method.get("actions", {})
                 raise ActionInputError(f"sidecar {p} records no keys: it is not of an --interactive session; its "
-                                       f"actions were {seed!r} (replay a benchmark draw with --actions bench --seed "
-                                       f"{data.get('seed')})")
+                                       f"actions were {method.get('actions', {})!r} (replay a benchmark draw with "
+                                       f"--actions bench --seed {data.get('seed')})")
             if len(keys) * 3 < self.num_frames:
                 raise ActionInputError(f"sidecar {p} records {len(keys)} chunks of keys; {self.num_frames} latent "
                                        f"frames need {-(-self.num_frames // 3)}; pass --num_output_frames "
@@ -166,10 +162,6 @@ class MatrixGame2Run(MethodRun):
             chunks = [chunk_entry(p, i, k, spec) for i, k in enumerate(keys[:-(-self.num_frames // 3)])]
             return actions_from_chunks(self.variant, chunks, self.num_frames)
         return load_action_file(p, self.variant, self.num_frames)[0]
-
-    def image_for(self, job) -> WorldImage:
-        """The image of ``job``."""
-        return self.images[job.index]
 
     def actions_for(self, job) -> ActionTensors:
         """A fresh copy of the video's actions (interactive: all zero until typed)."""
@@ -196,9 +188,20 @@ class MatrixGame2Run(MethodRun):
         return {"image": str(img.path), "image_sha256": img.sha256, "actions": actions}
 
     def live_input(self, stdin):
-        """The key reader of ``--interactive`` (stdin)."""
-        from .matrix_game2 import ask_keys
-        return ask_keys(self.variant, stdin)
+        """The key reader of ``--interactive``: a chunk's keys per stdin line (None at its end or on 'n' / '/stop')."""
+        def ask(chunk: int):
+            while True:
+                sys.stderr.write(f"chunk {chunk} [{self.variant}: {get_variant(self.variant).key_help}; n ends the "
+                                 f"video]> ")
+                sys.stderr.flush()
+                line = (stdin or sys.stdin).readline()
+                if not line or line.strip().lower() in ("n", "/stop"):
+                    return None
+                try:
+                    return parse_keys(self.variant, line)
+                except ActionInputError as exc:
+                    sys.stderr.write(f"{exc}\n")
+        return ask
 
     def load_models(self, settings) -> tuple:
         """(conditioner, world model, VAE) in the run's dtype on its device."""
@@ -206,7 +209,6 @@ class MatrixGame2Run(MethodRun):
         from wan.loading import ModelFilesError
         from wan.vae import WanVAE
         from wan.world_model import load_world_model
-        from .matrix_game2 import CLIP_FILE
         device, dtype = settings.device, settings.dtype
         if settings.compile:
             logger.warning("--compile is not available for matrix_game2 (its action caches are updated inside the "
@@ -226,6 +228,38 @@ class MatrixGame2Run(MethodRun):
             vae.model.to(dtype)
             vae.latents_mean, vae.latents_std = (t.half().float() for t in (vae.latents_mean, vae.latents_std))
         return WorldConditioner(self, clip, vae, device, dtype, settings.num_samples), model, vae
+
+    def model_files(self, args, download: bool, stack) -> tuple:
+        """(model folder, checkpoint, False): --demo's tiny release, or the released files, fetched when allowed."""
+        import tempfile
+        from wan.loading import quoted_path, resolve_path
+        if args.demo and not (args.wan_model_dir and args.checkpoint_path):
+            from app.demo_world import write_tiny_world
+            tiny = write_tiny_world(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deep_forcing_demo_"))),
+                                    self.variant)
+            self.model_config = tiny.config
+            return tiny.model_dir, tiny.checkpoint, False
+        model_dir = resolve_path(args.wan_model_dir or MODEL_DIR)
+        own = VARIANTS[self.variant].file
+        checkpoint = resolve_path(args.checkpoint_path) if args.checkpoint_path else model_dir / own
+        for name, v in VARIANTS.items():
+            if name != self.variant and checkpoint.as_posix().endswith("/" + v.file):
+                raise CLIError(f"--checkpoint_path {checkpoint} is the {name} model, but the run is variant "
+                               f"{self.variant}; pass --variant {name} (or the {self.variant} file {own}).")
+        wanted = release_files(self.variant)[:2 if args.checkpoint_path else 3]  # VAE, CLIP (, generator)
+        missing = [f for f in wanted if not (model_dir / f).is_file()]
+        if missing and download:
+            fetch_release(model_dir, missing)
+            missing = [f for f in wanted if not (model_dir / f).is_file()]
+        if missing:
+            raise CLIError(f"Matrix-Game 2.0 files missing in {model_dir}: {', '.join(missing)}; downloads are off "
+                           f"(--no_download or HF_HUB_OFFLINE=1). Fetch them with `hf download {REPO_ID} "
+                           f"{' '.join(missing)} --local-dir {quoted_path(model_dir)}`, or pass --wan_model_dir with "
+                           f"the Matrix-Game-2.0 folder.")
+        if not checkpoint.is_file():
+            raise CLIError(f"--checkpoint_path {checkpoint} does not exist; pass the variant's .safetensors file "
+                           f"({own}).")
+        return model_dir, checkpoint, False
 
 
 def world_images(path: str) -> list[WorldImage]:
@@ -250,7 +284,6 @@ def model_config_path(section, variant: str) -> Path:
     """The variant's ``config.json``: ``matrix_game2.model_config`` (a file or its folder; a released relative
     path such as configs/distilled_model/universal maps to the shipped copy), else the shipped one."""
     from wan.loading import resolve_path
-    from .matrix_game2 import shipped_config
     given = section.model_config
     if given is None:
         return shipped_config(variant)
@@ -262,23 +295,6 @@ def model_config_path(section, variant: str) -> Path:
         raise CLIError(f"matrix_game2.model_config={given!r}: {p} does not exist; pass the variant's config.json "
                        f"(configs/matrix_game2/distilled_model/<variant>/config.json) or leave it unset.")
     return p
-
-
-def check_variant_config(config: Path, variant: str) -> dict:
-    """The config's action layout must be the variant's (K keys, mouse or not); -> the config dict."""
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-        action = data["action_config"]
-        k, mouse = int(action["keyboard_dim_in"]), bool(action.get("enable_mouse", True))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CLIError(f"{config} is not a Matrix-Game 2.0 config.json ({type(exc).__name__}: {exc}); use the "
-                       f"shipped configs/matrix_game2/distilled_model/<variant>/config.json.") from None
-    spec = get_variant(variant)
-    if (k, mouse) != (spec.keyboard_dim, spec.has_mouse):
-        raise CLIError(f"variant {variant} has {spec.keyboard_dim} keys and {'a' if spec.has_mouse else 'no'} mouse, "
-                       f"but {config} describes a model with {k} keys and {'a' if mouse else 'no'} mouse: it is "
-                       f"another variant's config. Pass the --variant of this config, or its own config.")
-    return data
 
 
 def resolve_world_run(method, ctx) -> MatrixGame2Run:
@@ -298,7 +314,18 @@ def resolve_world_run(method, ctx) -> MatrixGame2Run:
         raise CLIError(f"--interactive reads the actions from stdin, but matrix_game2.actions={section.actions!r} "
                        f"(from {ctx.origin('matrix_game2.actions')}) names a file too; use one of them.")
     config = model_config_path(section, variant)
-    data = check_variant_config(config, variant)
+    try:  # the config's action layout must be the variant's (K keys, mouse or not)
+        data = json.loads(config.read_text(encoding="utf-8"))
+        action = data["action_config"]
+        k, mouse = int(action["keyboard_dim_in"]), bool(action.get("enable_mouse", True))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{config} is not a Matrix-Game 2.0 config.json ({type(exc).__name__}: {exc}); use the "
+                       f"shipped configs/matrix_game2/distilled_model/<variant>/config.json.") from None
+    spec = get_variant(variant)
+    if (k, mouse) != (spec.keyboard_dim, spec.has_mouse):
+        raise CLIError(f"variant {variant} has {spec.keyboard_dim} keys and {'a' if spec.has_mouse else 'no'} mouse, "
+                       f"but {config} describes a model with {k} keys and {'a' if mouse else 'no'} mouse: it is "
+                       f"another variant's config. Pass the --variant of this config, or its own config.")
     trained = data.get("local_attn_size")
     window = cfg.cache.params.get("local_attn_size")
     if trained not in (None, -1) and window != trained:
@@ -313,45 +340,8 @@ def resolve_world_run(method, ctx) -> MatrixGame2Run:
         raise CLIError(str(exc)) from None
 
 
-def _model_files(run: MatrixGame2Run, args, download: bool, stack) -> tuple:
-    """(model folder, checkpoint, False): --demo's tiny release, or the released files, fetched when allowed."""
-    import tempfile
-    from wan.loading import quoted_path, resolve_path
-    from .matrix_game2 import CLIP_FILE, MODEL_DIR, REPO_ID, VAE_FILE, VARIANTS
-    if args.demo and not (args.wan_model_dir and args.checkpoint_path):
-        from app.demo_world import write_tiny_world
-        tiny = write_tiny_world(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deep_forcing_demo_"))),
-                                run.variant)
-        run.model_config = tiny.config
-        return tiny.model_dir, tiny.checkpoint, False
-    model_dir = resolve_path(args.wan_model_dir or MODEL_DIR)
-    own = VARIANTS[run.variant].file
-    checkpoint = resolve_path(args.checkpoint_path) if args.checkpoint_path else model_dir / own
-    for name, v in VARIANTS.items():
-        if name != run.variant and checkpoint.as_posix().endswith("/" + v.file):
-            raise CLIError(f"--checkpoint_path {checkpoint} is the {name} model, but the run is variant {run.variant}; "
-                           f"pass --variant {name} (or the {run.variant} file {own}).")
-    wanted = [VAE_FILE, CLIP_FILE] + ([] if args.checkpoint_path else [own])
-    missing = [f for f in wanted if not (model_dir / f).is_file()]
-    if missing and download:
-        fetch_release(model_dir, missing)
-        missing = [f for f in wanted if not (model_dir / f).is_file()]
-    if missing:
-        raise CLIError(f"Matrix-Game 2.0 files missing in {model_dir}: {', '.join(missing)}; downloads are off "
-                       f"(--no_download or HF_HUB_OFFLINE=1). Fetch them with `hf download {REPO_ID} "
-                       f"{' '.join(missing)} --local-dir {quoted_path(model_dir)}`, or pass --wan_model_dir with the "
-                       f"Matrix-Game-2.0 folder.")
-    if not checkpoint.is_file():
-        raise CLIError(f"--checkpoint_path {checkpoint} does not exist; pass the variant's .safetensors file ({own}).")
-    return model_dir, checkpoint, False
-
-
-MatrixGame2Run.model_files = _model_files
-
-
 def release_files(variant: str) -> list[str]:
     """The files of ``variant``'s release inside the Matrix-Game-2.0 folder: VAE, CLIP, generator."""
-    from .matrix_game2 import CLIP_FILE, VAE_FILE, VARIANTS
     return [VAE_FILE, CLIP_FILE, VARIANTS[variant].file]
 
 
@@ -359,10 +349,6 @@ def fetch_release(model_dir: Path, names: list[str]) -> list[Path]:
     """Fetch ``names`` of the hub repository into ``model_dir`` (ModelFilesError with the manual command)."""
     from wan.hub import fail_download, fetch_file
     from wan.loading import quoted_path
-    from .matrix_game2 import REPO_ID
-    out = []
-    for name in names:
-        command = f"`hf download {REPO_ID} {name} --local-dir {quoted_path(model_dir)}`"
-        out.append(fetch_file(REPO_ID, name, model_dir, lambda reason, n=name, c=command: fail_download(
-            f"the Matrix-Game 2.0 file {model_dir / n}", reason, c)))
-    return out
+    return [fetch_file(REPO_ID, name, model_dir, lambda reason, n=name: fail_download(
+        f"the Matrix-Game 2.0 file {model_dir / n}", reason,
+        f"`hf download {REPO_ID} {n} --local-dir {quoted_path(model_dir)}`")) for name in names]

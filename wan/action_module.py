@@ -15,9 +15,7 @@ base, exactly as the self-attention's time rotation (``pipeline.kv_cache.FrameKV
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -75,19 +73,11 @@ class ActionConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ActionConfig":
         """Build from the ``action_config`` mapping; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"action_config: unknown keys {unknown}; known keys are {sorted(names)}")
         return cls(**d)
-
-
-class ActionCache(Protocol):
-    """What the action module needs from a frame cache (``pipeline.kv_cache.FrameKVCache``)."""
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Stage this call's k/v [rows, F, H, D] at ``pos`` [F]; -> (keys, values [rows, n, H, D], positions [n])."""
-        ...
 
 
 class ActionRope:
@@ -109,13 +99,8 @@ class ActionRope:
         return torch.cat([rotated.to(x.dtype), x[..., d:]], dim=-1)
 
 
-def plain_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMS normalisation over the last dim in x's own dtype, without a weight (the released action norms)."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
-
-
 class UnusedNorm(nn.Module):
-    """An RMS norm whose stored ``weight`` is never applied (kept so the released keys load strictly)."""
+    """RMS norm (eps 1e-6, in x's dtype); its stored ``weight`` is never applied, as released (kept: strict loading)."""
 
     def __init__(self, dim: int, enabled: bool):
         super().__init__()
@@ -123,8 +108,8 @@ class UnusedNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise (identity when qk_norm is off)."""
-        return plain_rms(x) if self.enabled else x
+        """Normalise over the last dim (identity when qk_norm is off)."""
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) if self.enabled else x
 
 
 def action_windows(actions: torch.Tensor, start_frame: int, num_frames: int, ratio: int, window: int) -> torch.Tensor:
@@ -169,12 +154,13 @@ class ActionModule(nn.Module):
         self.proj_keyboard = nn.Linear(cfg.keyboard_hidden_dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, num_frames: int, mouse: torch.Tensor | None, keyboard: torch.Tensor,
-                pos: torch.Tensor, caches: tuple[ActionCache | None, ActionCache | None]) -> torch.Tensor:
+                pos: torch.Tensor, caches: tuple) -> torch.Tensor:
         """x [B, T*S, dim] (T frames of S tokens) -> x plus the mouse and keyboard branches.
 
         ``mouse`` [B, T, window, 2] and ``keyboard`` [B, T, window, K] are the frames' action windows, ``pos`` [T] the
-        frames' time positions relative to the caches' base; ``caches`` = (mouse, keyboard) frame caches, or None
-        for a call without context.
+        frames' time positions relative to the caches' base; ``caches`` = (mouse, keyboard) frame caches
+        (``pipeline.kv_cache.FrameKVCache``: ``update(k, v, pos [F])`` of k/v [rows, F, H, D] -> (keys, values
+        [rows, n, H, D], positions [n])), or None for a call without context.
         """
         B, S = x.shape[0], x.shape[1] // num_frames
         if self.cfg.enable_mouse:
@@ -194,8 +180,7 @@ class ActionModule(nn.Module):
         out = self._attend(q, self.key_attn_k_norm(k), v, pos, caches[1])
         return x + self.proj_keyboard(out.flatten(2))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                cache: ActionCache | None) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
         """Attention of q over (cached frames + this call's k/v); k is rotated here (cached keys on read)."""
         if cache is None:
             return attention(q, self.rope.apply(k, pos), v)

@@ -174,9 +174,9 @@ class ClipVisionEncoder(nn.Module):
         std = torch.tensor(self.config.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def tower(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] normalised pixels -> [B, num_tokens, dim], in the model dtype."""
-        x = self.patch_embedding(pixels.to(self.dtype))  # [B, C, S/p, S/p]
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> [B, num_tokens, dim] in the model dtype; preprocessing runs on its device."""
+        x = self.patch_embedding(self.preprocess(images.to(self.device)).to(self.dtype))  # [B, C, S/p, S/p]
         x = x.flatten(2).transpose(1, 2)  # [B, N, C], patches row-major
         x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1 + N, C]
         x = self.pre_norm(x + self.pos_embedding)
@@ -184,61 +184,29 @@ class ClipVisionEncoder(nn.Module):
             x = block(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] -> [B, num_tokens, dim]; preprocessing runs on the model's device."""
-        return self.tower(self.preprocess(images.to(self.device)))
-
 
 def _read_state_dict(path: Path) -> dict:
     """``torch.load`` of ``path`` (weights only, memory-mapped unless legacy format); must be a flat dict."""
-    for mmap in (True, False):  # False: a legacy (pre-zip) file cannot be memory-mapped
+    try:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except RuntimeError as exc:
-            if mmap and "mmap can only be used" in str(exc):
-                continue
-            error = exc
-        except pickle.UnpicklingError as exc:
-            if "Unsupported global" in str(exc):  # anything else the unpickler rejects is a damaged file
-                raise ClipCheckpointError(f"CLIP checkpoint {path} was refused: it holds pickled Python objects, not "
-                                          f"only tensors (read with weights_only=True, so nothing in it ran); "
-                                          f"{_FIX}") from None
-            error = exc
-        except (OSError, EOFError, KeyError, ValueError, IndexError) as exc:
-            error = exc
-        raise ClipCheckpointError(f"CLIP checkpoint {path} could not be read ({type(error).__name__}: "
-                                  f"{(str(error).splitlines() or [''])[0]}); it is truncated or corrupt: "
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # a legacy (pre-zip) file cannot be memory-mapped
+            if "mmap can only be used" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, KeyError, ValueError, IndexError) as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):  # else: a damaged file
+            raise ClipCheckpointError(f"CLIP checkpoint {path} was refused: it holds pickled Python objects, not "
+                                      f"only tensors (read with weights_only=True, so nothing in it ran); "
+                                      f"{_FIX}") from None
+        raise ClipCheckpointError(f"CLIP checkpoint {path} could not be read ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0]}); it is truncated or corrupt: "
                                   f"{_FIX}") from None
     if not isinstance(state, dict) or not any(str(k).startswith("visual.") for k in state):
         found = list(state)[:5] if isinstance(state, dict) else type(state).__name__
         raise ClipCheckpointError(f"CLIP checkpoint {path} is not a flat state dict with 'visual.*' keys (found "
                                   f"{found}); {_FIX}")
     return state
-
-
-def _check_visual_keys(visual: dict, expected: dict, cfg: ClipVisionConfig, path: Path) -> None:
-    """Raise unless ``visual`` holds every built tensor with its shape and nothing but the known unused extras."""
-    missing = [k for k in expected if k not in visual]
-    if missing:
-        raise ClipCheckpointError(f"CLIP checkpoint {path} lacks {len(missing)} tensor(s): {_keys(missing)}; {_FIX}")
-    for key, shape in expected.items():
-        value = visual[key]
-        if not isinstance(value, torch.Tensor) or value.shape != shape:
-            found = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ClipCheckpointError(f"CLIP checkpoint {path}: 'visual.{key}' is {found}, expected {list(shape)} "
-                                      f"for the tower inferred from the file ({cfg}); {_FIX}")
-    last = f"transformer.{cfg.num_layers - 1}."
-    block_keys = {k.split(".", 2)[2] for k in expected if k.startswith("transformer.0.")}
-    last_keys = {k[len(last):] for k in visual if k.startswith(last)}
-    unknown = [k for k in visual if k not in expected and k not in UNUSED_VISUAL_KEYS
-               and not (k.startswith(last) and k[len(last):] in block_keys)]
-    if unknown:
-        raise ClipCheckpointError(f"CLIP checkpoint {path} has {len(unknown)} unexpected key(s): {_keys(unknown)}; "
-                                  f"it is not the open-clip ViT-H/14 layout; {_FIX}")
-    if block_keys - last_keys:  # num_layers is the highest block index + 1: a file without its last block loses one
-        raise ClipCheckpointError(f"CLIP checkpoint {path}: the unused last block is incomplete, it lacks "
-                                  f"{_keys([last + k for k in sorted(block_keys - last_keys)])}; {_FIX}")
 
 
 def load_clip_vision(path, dtype: torch.dtype = torch.float32, device="cpu") -> ClipVisionEncoder:
@@ -251,8 +219,28 @@ def load_clip_vision(path, dtype: torch.dtype = torch.float32, device="cpu") -> 
     cfg = ClipVisionConfig.from_state_dict(visual, source=f"CLIP checkpoint {path}")
     with torch.device("meta"):
         model = ClipVisionEncoder(cfg)
+    # strict: every built tensor with its shape, and nothing but the known unused extras (the last block included)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    _check_visual_keys(visual, expected, cfg, path)
+    missing = [k for k in expected if k not in visual]
+    if missing:
+        raise ClipCheckpointError(f"CLIP checkpoint {path} lacks {len(missing)} tensor(s): {_keys(missing)}; {_FIX}")
+    for key, shape in expected.items():
+        value = visual[key]
+        if not isinstance(value, torch.Tensor) or value.shape != shape:
+            found = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ClipCheckpointError(f"CLIP checkpoint {path}: 'visual.{key}' is {found}, expected {list(shape)} "
+                                      f"for the tower inferred from the file ({cfg}); {_FIX}")
+    last = f"transformer.{cfg.num_layers - 1}."
+    block_keys = {k.split(".", 2)[2] for k in expected if k.startswith("transformer.0.")}
+    unknown = [k for k in visual if k not in expected and k not in UNUSED_VISUAL_KEYS
+               and not (k.startswith(last) and k[len(last):] in block_keys)]
+    if unknown:
+        raise ClipCheckpointError(f"CLIP checkpoint {path} has {len(unknown)} unexpected key(s): {_keys(unknown)}; "
+                                  f"it is not the open-clip ViT-H/14 layout; {_FIX}")
+    lacking = sorted(block_keys - {k[len(last):] for k in visual if k.startswith(last)})
+    if lacking:  # num_layers is the highest block index + 1: a file without its last block loses one
+        raise ClipCheckpointError(f"CLIP checkpoint {path}: the unused last block is incomplete, it lacks "
+                                  f"{_keys([last + k for k in lacking])}; {_FIX}")
     model.load_state_dict({k: visual[k] for k in expected}, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     logger.info("loaded the CLIP visual tower from %s: %d of %d blocks, width %d, %d tokens, %s on %s", path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,9 +18,6 @@ import torch.nn as nn
 from .action_module import ActionConfig, ActionModule, action_windows
 from .causal_model import CallGeometry, CausalWanBlock, CausalWanModel
 from .config import WanConfig
-
-# keys of a world model's config.json beside the Wan architecture keys
-WORLD_KEYS = ("action_config", "local_attn_size", "sink_size", "inject_sample_info", "clip_dim")
 
 
 @dataclass(frozen=True)
@@ -40,8 +37,8 @@ class WorldModelConfig:
         if d.get("model_type") != "i2v":
             raise ValueError(f"config: model_type={d.get('model_type')!r}; a world model has model_type 'i2v'")
         action = ActionConfig.from_dict(d.pop("action_config", None) or {})
-        extra = {k: d.pop(k) for k in WORLD_KEYS[1:] if k in d}
-        extra.pop("inject_sample_info", None)  # released, unused
+        d.pop("inject_sample_info", None)  # released, unused
+        extra = {k: d.pop(k) for k in ("local_attn_size", "sink_size", "clip_dim") if k in d}
         return cls(WanConfig.from_dict(d), action, **extra)
 
     @classmethod
@@ -101,17 +98,6 @@ class WorldContext:
     conditioning: WorldConditioning
 
 
-@dataclass
-class LayerInputs:
-    """One block's conditioning in one call: cross-attention k/v and the action inputs (None: no action module)."""
-
-    cross_kv: tuple
-    mouse: torch.Tensor | None = None     # [B, T, window, 2]
-    keyboard: torch.Tensor | None = None  # [B, T, window, K]
-    pos: torch.Tensor | None = None       # [T] frame positions relative to the cache base
-    caches: tuple = field(default=(None, None))
-
-
 class WorldBlock(CausalWanBlock):
     """A Wan block with the image cross-attention and, in the listed blocks, the action module after it."""
 
@@ -119,12 +105,14 @@ class WorldBlock(CausalWanBlock):
         super().__init__(cfg, rope)
         self.action_model = ActionModule(action, cfg.dim) if action is not None else None
 
-    def condition(self, x: torch.Tensor, geo: CallGeometry, inputs: LayerInputs) -> torch.Tensor:
-        """Cross-attention over the image tokens, then the action branches (in the listed blocks)."""
-        x = x + self.cross_attn(self.norm3(x), inputs.cross_kv)
-        if self.action_model is None:
-            return x
-        return self.action_model(x, geo.num_frames, inputs.mouse, inputs.keyboard, inputs.pos, inputs.caches)
+    def condition(self, x: torch.Tensor, geo: CallGeometry, inputs: tuple) -> torch.Tensor:
+        """Cross-attention over the image tokens, then the action branches (in the listed blocks).
+
+        ``inputs`` = (cross-attention (k, v), action inputs: (mouse, keyboard, pos, caches), None without the module).
+        """
+        cross_kv, action = inputs
+        x = x + self.cross_attn(self.norm3(x), cross_kv)
+        return x if action is None else self.action_model(x, geo.num_frames, *action)
 
 
 class CausalWorldModel(CausalWanModel):
@@ -152,36 +140,29 @@ class CausalWorldModel(CausalWanModel):
 
     def encode_context(self, conditioning: WorldConditioning) -> WorldContext:
         """The image tokens projected once and turned into per-layer cross-attention (k, v)."""
-        tokens = conditioning.image_tokens
-        if tokens.shape[-1] != self.world.clip_dim:
-            raise ValueError(f"image tokens have width {tokens.shape[-1]}; the model expects clip_dim="
-                             f"{self.world.clip_dim}")
-        ctx = self.img_emb(tokens.to(self.dtype))
+        ctx = self.img_emb(conditioning.image_tokens.to(self.dtype))
         return WorldContext([blk.cross_attn.project_text(ctx) for blk in self.blocks], conditioning)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: WorldContext, cache=None, start_frame: int = 0,
                 frame_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Flow for one chunk x [B, T, 16, h, w] at per-frame timesteps t [B, T]; ``context`` from
         ``encode_context``. Frame inputs and action windows are taken for frames start_frame .. start_frame+T-1."""
-        T = x.shape[1]
-        cond = context.conditioning
+        T, a, cond = x.shape[1], self.world.action, context.conditioning
         x = torch.cat([x, cond.frame_inputs(start_frame, T).to(x.dtype)], dim=2)  # [B, T, 36, h, w]
-        a = self.world.action
         frames = torch.arange(start_frame, start_frame + T, device=self.device) if frame_positions is None else \
             frame_positions.to(self.device)
-        pos = frames - (cache.base if cache is not None else 0)
-        mouse, keyboard = cond.actions.upto(start_frame + T)  # [B, N, 2] | None, [B, N, K] on the model device
-        windows = dict(pos=pos,
-                       keyboard=action_windows(keyboard, start_frame, T, a.vae_time_compression_ratio, a.window),
-                       mouse=None if mouse is None else action_windows(mouse, start_frame, T,
-                                                                       a.vae_time_compression_ratio, a.window))
+        pos = frames - (cache.base if cache is not None else 0)  # [T] frame positions relative to the cache base
+        # [B, T, window, 2] | None, [B, T, window, K], from [B, N, 2] | None, [B, N, K] on the model device
+        mouse, keyboard = (None if acts is None else action_windows(acts, start_frame, T, a.vae_time_compression_ratio,
+                                                                    a.window)
+                           for acts in cond.actions.upto(start_frame + T))
         layers = []
-        for i, (k, v) in enumerate(context.cross_kv):
-            if self.blocks[i].action_model is None:
-                layers.append(LayerInputs((k, v)))
+        for i, (blk, kv) in enumerate(zip(self.blocks, context.cross_kv)):
+            if blk.action_model is None:
+                layers.append((kv, None))
                 continue
             caches = (None, None) if cache is None else (cache.frame_cache(i, "mouse"), cache.frame_cache(i, "keyboard"))
-            layers.append(LayerInputs((k, v), caches=caches, **windows))
+            layers.append((kv, (mouse, keyboard, pos, caches)))
         return super().forward(x, t, layers, cache, start_frame, frame_positions)
 
     def load_state_dict_strict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
